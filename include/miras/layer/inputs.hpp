@@ -1,0 +1,167 @@
+// Inputs of a layer call and the checks that run on them before any state moves.
+#pragma once
+
+#include <cmath>
+#include <list>
+#include <map>
+#include <sstream>
+#include <string>
+
+#include "miras/core/gate.hpp"
+
+namespace miras {
+
+/// Sizes of one layer: heads H, key dimension K, value dimension V, the key feature dimension
+/// (K unless a feature map changes it) and the number of pairs written per token.
+struct LayerDims {
+    Index heads = 1;
+    Index key = 1;
+    Index value = 1;
+    Index key_features = 1;
+    Index steps_per_token = 1;
+};
+
+/// The tensors of one call. q is [B, T, H, K]; k is [B, T * n, H, K] and v is [B, T * n, H, V],
+/// where n is the number of pairs written per token (1 unless the layer writes several). Gates
+/// and extra per-token inputs (a read key p, the vectors a and b of a rank-one correction) are
+/// looked up by name.
+template <class S>
+struct Inputs {
+    TensorView<S> q, k, v;
+    std::map<std::string, TensorView<S>, std::less<>> gates;
+};
+
+namespace detail {
+
+inline std::string position_string(const Shape& shape, Index flat, const char* letters) {
+    std::vector<Index> index(shape.size());
+    for (std::size_t axis = shape.size(); axis-- > 0;) {
+        index[axis] = flat % shape[axis];
+        flat /= shape[axis];
+    }
+    std::ostringstream out;
+    out << "[";
+    for (std::size_t axis = 0; axis < shape.size(); ++axis) {
+        if (axis > 0) out << ", ";
+        if (letters != nullptr && letters[axis] != '\0') out << letters[axis] << "=";
+        out << index[axis];
+    }
+    out << "]";
+    return out.str();
+}
+
+template <class S>
+void check_finite(const TensorView<S>& tensor, const std::string& name, const char* letters) {
+    for (Index i = 0; i < tensor.size(); ++i) {
+        double x = value_of(tensor.data()[i]);
+        if (!std::isfinite(x)) {
+            std::ostringstream out;
+            out << "input '" << name << "' at " << position_string(tensor.shape(), i, letters) << " is "
+                << x << "; inputs must be finite";
+            throw InputError(out.str());
+        }
+    }
+}
+
+}  // namespace detail
+
+/// Resolves the gates a layer declares against the inputs of one call, checking shapes and ranges.
+template <class S>
+class GateBinder {
+public:
+    GateBinder(const Inputs<S>& inputs, const LayerDims& dims, Index batch, Index tokens)
+        : inputs_(inputs), dims_(dims), batch_(batch), tokens_(tokens) {}
+
+    Index channels(const GateSpec& spec) const {
+        if (spec.channels > 0 && spec.config.axis != Axis::head) return spec.channels;
+        switch (spec.config.axis) {
+            case Axis::head: return 1;
+            case Axis::key: return dims_.key_features;
+            case Axis::value: return dims_.value;
+        }
+        return 1;
+    }
+
+    BoundGate<S> bind(const GateSpec& spec) {
+        const Index C = channels(spec);
+        const Index H = dims_.heads;
+        if (!spec.config.per_token) return bind_fixed(spec, C);
+
+        auto found = inputs_.gates.find(spec.name);
+        if (found == inputs_.gates.end() || found->second.empty()) {
+            throw InputError("missing per-token input '" + spec.name + "' (" + axis_name(spec.config.axis) +
+                             " axis); the layer declares it as a per-token gate");
+        }
+        const TensorView<S>& tensor = found->second;
+        const Index steps = spec.per_step ? dims_.steps_per_token : 1;
+        Shape expected = {batch_, tokens_ * steps, H};
+        bool matches = tensor.shape() == expected;
+        if (spec.config.axis == Axis::head) {
+            Shape with_unit = {batch_, tokens_ * steps, H, 1};
+            matches = matches || tensor.shape() == with_unit;
+        } else {
+            expected.push_back(C);
+            matches = tensor.shape() == expected;
+        }
+        if (!matches) {
+            throw InputError("input '" + spec.name + "' has shape " + shape_string(tensor.shape()) + ", expected " +
+                             shape_string(expected) +
+                             (spec.config.axis == Axis::head ? " = [B, T, H]"
+                                                             : " = [B, T, H, C] with C = " + std::to_string(C) +
+                                                                   " " + axis_name(spec.config.axis) + " channels"));
+        }
+        const char* letters = spec.config.axis == Axis::head ? "bth" : "bthc";
+        for (Index i = 0; i < tensor.size(); ++i) {
+            double x = value_of(tensor.data()[i]);
+            if (!in_range(x, spec.range)) {
+                std::ostringstream out;
+                out << "input '" << spec.name << "' at "
+                    << detail::position_string(tensor.shape(), i, letters) << " is " << x << "; valid is "
+                    << range_description(spec.range);
+                throw InputError(out.str());
+            }
+        }
+        BoundGate<S> gate;
+        gate.data = tensor.data();
+        gate.channels = spec.config.axis == Axis::head ? 1 : C;
+        gate.stride_h = gate.channels;
+        gate.stride_t = H * gate.stride_h;
+        gate.stride_b = tokens_ * steps * gate.stride_t;
+        return gate;
+    }
+
+private:
+    BoundGate<S> bind_fixed(const GateSpec& spec, Index C) {
+        const auto& fixed = spec.config.fixed;
+        const Index H = dims_.heads;
+        const Index n = static_cast<Index>(fixed.size());
+        if (n != 1 && n != H && n != H * C) {
+            throw InputError("fixed gate '" + spec.name + "' has " + std::to_string(n) +
+                             " values; expected 1, H = " + std::to_string(H) + " or H * C = " +
+                             std::to_string(H * C) + " (" + axis_name(spec.config.axis) + " axis)");
+        }
+        for (Index i = 0; i < n; ++i) {
+            if (!in_range(fixed[static_cast<std::size_t>(i)], spec.range)) {
+                std::ostringstream out;
+                out << "fixed gate '" << spec.name << "' value " << i << " is " << fixed[static_cast<std::size_t>(i)]
+                    << "; valid is " << range_description(spec.range);
+                throw InputError(out.str());
+            }
+        }
+        auto& values = storage_.emplace_back();
+        for (double x : fixed) values.push_back(S(x));
+        BoundGate<S> gate;
+        gate.data = values.data();
+        gate.channels = (n == H * C && C > 1) ? C : 1;
+        gate.stride_h = (n == 1) ? 0 : gate.channels;
+        return gate;
+    }
+
+    const Inputs<S>& inputs_;
+    LayerDims dims_;
+    Index batch_;
+    Index tokens_;
+    std::list<std::vector<S>> storage_;  // converted fixed values; list keeps their addresses stable
+};
+
+}  // namespace miras

@@ -1,0 +1,287 @@
+// Layer<Memory, Bias, Retention, Algorithm>: a sequence layer built from the four choices.
+//
+// Per head and written pair (k, v), with x = phi(k):
+//   1. the algorithm predicts y = M(W; x) (after the retention for decay_then_gradient),
+//   2. the attentional bias gives dl/dy,
+//   3. the memory turns it into the parameter gradient J^T dl/dy,
+//   4. the algorithm takes its step, and the retention decides how the previous W enters,
+// and the output is o = M(W_t; s phi(q)) with the query scale s, read after the write of token t
+// (or before it, as an option). Sequences are [B, T, H, D] row-major; states are per (b, h).
+#pragma once
+
+#include <cmath>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "miras/algorithm/context.hpp"
+#include "miras/layer/inputs.hpp"
+#include "miras/layer/traits.hpp"
+#include "miras/memory/state_io.hpp"
+
+namespace miras {
+
+enum class ReadTiming { after_write, before_write };
+
+struct LayerOptions {
+    Index heads = 1;
+    Index key_dim = 1;
+    Index value_dim = 1;
+    /// Scale s applied to the query features; unset means 1 / sqrt(K).
+    std::optional<double> query_scale;
+    ReadTiming read = ReadTiming::after_write;
+    /// Key-value pairs written per token (DeltaProduct writes several).
+    Index steps_per_token = 1;
+};
+
+/// \tparam Memory     what stores the map from keys to values (MatrixMemory, VectorMemory, KVCacheMemory)
+/// \tparam Bias       the inner loss the memory minimises (DotProductBias, L2Bias)
+/// \tparam Retention  how the previous memory is kept (NoRetention, DecayRetention)
+/// \tparam Algorithm  how the inner problem is optimised (GradientStep, ImplicitStep, LeastSquares,
+///                    GeneralizedDelta, NonParametric)
+template <class Memory, class Bias, class Retention, class Algorithm>
+class Layer {
+    using Rules = combination_rules<Memory, Bias, Retention, Algorithm>;
+    static_assert(Rules::memory_matches_algorithm,
+                  "the kv_cache memory is solved only by the nonparametric algorithm, and that algorithm needs the kv_cache memory");
+    static_assert(Rules::algorithm_supports_memory,
+                  "the implicit, least_squares and generalized_delta algorithms have closed forms only for the matrix memory");
+    static_assert(Rules::algorithm_supports_bias,
+                  "the least_squares, generalized_delta and nonparametric algorithms solve the l2 regression, so they need the l2 bias");
+
+public:
+    using memory_type = Memory;
+    using bias_type = Bias;
+    using retention_type = Retention;
+    using algorithm_type = Algorithm;
+
+    template <class S>
+    struct HeadState {
+        typename Memory::template Params<S> memory;
+        typename Algorithm::template State<S> algorithm;
+    };
+
+    /// The state of B sequences: one HeadState per (b, h), b-major.
+    template <class S>
+    struct State {
+        Index batch = 0;
+        std::vector<HeadState<S>> heads;
+    };
+
+    explicit Layer(LayerOptions options, Memory memory = {}, Bias bias = {}, Retention retention = {},
+                   Algorithm algorithm = {})
+        : options_(options), memory_(std::move(memory)), bias_(std::move(bias)),
+          retention_(std::move(retention)), algorithm_(std::move(algorithm)) {
+        check_positive(options_.heads, "heads");
+        check_positive(options_.key_dim, "key dimension");
+        check_positive(options_.value_dim, "value dimension");
+        check_positive(options_.steps_per_token, "steps per token");
+        if (options_.query_scale && !std::isfinite(*options_.query_scale)) {
+            throw ConfigError("query scale " + std::to_string(*options_.query_scale) + " is invalid; valid is a finite number");
+        }
+        dims_.heads = options_.heads;
+        dims_.key = options_.key_dim;
+        dims_.value = options_.value_dim;
+        dims_.key_features = memory_.feature_dim(options_.key_dim);
+        dims_.steps_per_token = options_.steps_per_token;
+        memory_.validate(dims_);
+        if constexpr (requires { algorithm_.validate(); }) algorithm_.validate();
+        if constexpr (std::is_same_v<Algorithm, LeastSquares>) {
+            if constexpr (requires { retention_.gate; }) {
+                if (retention_.gate.axis != Axis::head) throw ConfigError("least_squares needs a per-head decay");
+            }
+        }
+        if constexpr (!Memory::parametric) {
+            if constexpr (requires { retention_.gate; }) {
+                if (retention_.gate.axis != Axis::head) throw ConfigError("the kv_cache memory needs a per-head decay");
+            }
+        }
+    }
+
+    const LayerOptions& options() const { return options_; }
+    const LayerDims& dims() const { return dims_; }
+    const Memory& memory() const { return memory_; }
+    const Bias& bias() const { return bias_; }
+    const Retention& retention() const { return retention_; }
+    const Algorithm& algorithm() const { return algorithm_; }
+
+    double query_scale() const {
+        return options_.query_scale ? *options_.query_scale : 1.0 / std::sqrt(static_cast<double>(options_.key_dim));
+    }
+
+    /// Every gate the layer reads: the retention's, then the algorithm's.
+    std::vector<GateSpec> gates() const {
+        std::vector<GateSpec> all = retention_.gates();
+        for (auto& spec : algorithm_.gates(dims_)) all.push_back(spec);
+        return all;
+    }
+
+    /// Scalars of state per head (for the kv cache: per cached pair).
+    Index state_size_per_head() const { return memory_.state_size(dims_) + algorithm_.state_size(dims_); }
+
+    template <class S>
+    State<S> initial_state(Index batch) const {
+        State<S> state;
+        state.batch = batch;
+        HeadState<S> zero{memory_.template zero_params<S>(dims_), algorithm_.template init_state<S>(dims_)};
+        state.heads.assign(static_cast<std::size_t>(batch * dims_.heads), zero);
+        return state;
+    }
+
+    /// Runs the layer over the inputs, starting from `state` and leaving the final state in it.
+    /// Returns o [B, T, H, V].
+    template <class S>
+    Tensor<S> forward(const Inputs<S>& inputs, State<S>& state) const {
+        const auto [B, T] = check_inputs(inputs);
+        if (state.batch != B || static_cast<Index>(state.heads.size()) != B * dims_.heads) {
+            throw InputError("state holds " + std::to_string(state.batch) + " sequences, the inputs " + std::to_string(B));
+        }
+        GateBinder<S> binder(inputs, dims_, B, T);
+        const auto retention_gates = retention_.bind(binder);
+        const auto algorithm_gates = algorithm_.bind(binder, dims_);
+
+        const Index H = dims_.heads, K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
+        const S scale = S(query_scale());
+        Tensor<S> output({B, T, H, V});
+        Scratch<S> scratch;
+        Vec<S> x, query, y;
+
+        for (Index b = 0; b < B; ++b) {
+            for (Index h = 0; h < H; ++h) {
+                HeadState<S>& head = state.heads[static_cast<std::size_t>(b * H + h)];
+                for (Index t = 0; t < T; ++t) {
+                    const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
+                    S* o = output.data() + ((b * T + t) * H + h) * V;
+                    if (options_.read == ReadTiming::before_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
+                    for (Index i = 0; i < n; ++i) {
+                        const Index step = t * n + i;
+                        const S* k = inputs.k.data() + ((b * T * n + step) * H + h) * K;
+                        const S* v = inputs.v.data() + ((b * T * n + step) * H + h) * V;
+                        memory_.map(k, K, x);
+                        WriteContext<Memory, Bias, Retention, S> ctx{memory_, bias_, retention_, retention_gates, dims_,
+                                                                     b, h, t, step, i == 0, k, v, x};
+                        algorithm_.write(ctx, head.memory, head.algorithm, algorithm_gates, scratch);
+                    }
+                    if (options_.read == ReadTiming::after_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
+                }
+            }
+        }
+        return output;
+    }
+
+    /// Runs the layer from the zero state.
+    template <class S>
+    Tensor<S> forward(const Inputs<S>& inputs) const {
+        State<S> state = initial_state<S>(inputs.q.empty() ? 0 : inputs.q.dim(0));
+        return forward(inputs, state);
+    }
+
+    /// The state as named tensors [B, H, rows, cols] (for example W: [B, H, V, D]).
+    template <class S>
+    std::map<std::string, Tensor<S>> save_state(const State<S>& state) const {
+        std::map<std::string, Tensor<S>> tensors;
+        const Index H = dims_.heads;
+        for (Index b = 0; b < state.batch; ++b) {
+            for (Index h = 0; h < H; ++h) {
+                const HeadState<S>& head = state.heads[static_cast<std::size_t>(b * H + h)];
+                NamedMatrices<S> parts;
+                memory_.save(head.memory, parts);
+                algorithm_.save(head.algorithm, parts);
+                for (auto& [name, m] : parts) {
+                    auto [it, inserted] = tensors.try_emplace(name, Shape{state.batch, H, m.rows(), m.cols()});
+                    Tensor<S>& tensor = it->second;
+                    if (tensor.dim(2) != m.rows()) {
+                        throw InputError("state tensor '" + name + "' has a different row count in head " +
+                                         std::to_string(h) + " of sequence " + std::to_string(b));
+                    }
+                    S* dst = tensor.data() + (b * H + h) * m.rows() * m.cols();
+                    for (Index i = 0; i < m.rows(); ++i) {
+                        for (Index j = 0; j < m.cols(); ++j) dst[i * m.cols() + j] = m(i, j);
+                    }
+                }
+            }
+        }
+        return tensors;
+    }
+
+    /// Builds a state from named tensors [B, H, rows, cols], checking every shape.
+    template <class S>
+    State<S> load_state(const std::map<std::string, Tensor<S>>& tensors) const {
+        if (tensors.empty()) throw InputError("state has no tensors");
+        const Index B = tensors.begin()->second.rank() > 0 ? tensors.begin()->second.dim(0) : 0;
+        const Index H = dims_.heads;
+        for (const auto& [name, tensor] : tensors) {
+            if (tensor.rank() != 4 || tensor.dim(0) != B || tensor.dim(1) != H) {
+                throw InputError("state tensor '" + name + "' has shape " + shape_string(tensor.shape()) +
+                                 ", expected [B, H, rows, cols] with B = " + std::to_string(B) + " and H = " +
+                                 std::to_string(H));
+            }
+        }
+        State<S> state = initial_state<S>(B);
+        for (Index b = 0; b < B; ++b) {
+            for (Index h = 0; h < H; ++h) {
+                NamedMatrices<S> parts;
+                for (const auto& [name, tensor] : tensors) {
+                    const Index rows = tensor.dim(2), cols = tensor.dim(3);
+                    Mat<S> m(rows, cols);
+                    const S* src = tensor.data() + (b * H + h) * rows * cols;
+                    for (Index i = 0; i < rows; ++i) {
+                        for (Index j = 0; j < cols; ++j) m(i, j) = src[i * cols + j];
+                    }
+                    parts.emplace(name, std::move(m));
+                }
+                HeadState<S>& head = state.heads[static_cast<std::size_t>(b * H + h)];
+                memory_.load(head.memory, parts, dims_);
+                algorithm_.load(head.algorithm, parts, dims_);
+            }
+        }
+        return state;
+    }
+
+private:
+    static void check_positive(Index value, const char* what) {
+        if (value < 1) throw ConfigError(std::string(what) + " " + std::to_string(value) + " is invalid; valid is 1 or more");
+    }
+
+    template <class S>
+    std::pair<Index, Index> check_inputs(const Inputs<S>& inputs) const {
+        const Index H = dims_.heads, K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
+        if (inputs.q.empty() || inputs.q.rank() != 4) {
+            throw InputError("input 'q' has shape " + shape_string(inputs.q.shape()) + ", expected [B, T, H, K] = [B, T, " +
+                             std::to_string(H) + ", " + std::to_string(K) + "]");
+        }
+        const Index B = inputs.q.dim(0), T = inputs.q.dim(1);
+        const auto expect = [&](const TensorView<S>& tensor, const char* name, Shape shape, const char* letters) {
+            if (tensor.shape() != shape) {
+                throw InputError(std::string("input '") + name + "' has shape " + shape_string(tensor.shape()) +
+                                 ", expected " + shape_string(shape) + " = " + letters);
+            }
+        };
+        expect(inputs.q, "q", {B, T, H, K}, "[B, T, H, K]");
+        expect(inputs.k, "k", {B, T * n, H, K}, n == 1 ? "[B, T, H, K]" : "[B, T * n, H, K] with n pairs per token");
+        expect(inputs.v, "v", {B, T * n, H, V}, n == 1 ? "[B, T, H, V]" : "[B, T * n, H, V] with n pairs per token");
+        detail::check_finite(inputs.q, "q", "bthc");
+        detail::check_finite(inputs.k, "k", "bthc");
+        detail::check_finite(inputs.v, "v", "bthc");
+        return {B, T};
+    }
+
+    template <class S, class Bound>
+    void read(const HeadState<S>& head, const Bound& gates, Index b, Index t, Index h, const S* q, const S& scale,
+              Vec<S>& query, Vec<S>& y, S* o) const {
+        memory_.map(q, dims_.key, query);
+        query *= scale;
+        algorithm_.read(memory_, head.memory, head.algorithm, gates, b, t, h, query, y);
+        for (Index c = 0; c < dims_.value; ++c) o[c] = y[c];
+    }
+
+    LayerOptions options_;
+    LayerDims dims_;
+    Memory memory_;
+    Bias bias_;
+    Retention retention_;
+    Algorithm algorithm_;
+};
+
+}  // namespace miras

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up the dependencies, builds the miras tool and runs the main job: every bundled golden file
+# of the linear models checked in float64 and float32.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/build.sh
+golden_files=()
+for file in tests/data/golden/*.json; do
+  case "$(basename "$file")" in ttt_*) ;; *) golden_files+=("$file") ;; esac
+done
+build/src/miras golden --precision both "${golden_files[@]}"

@@ -16,24 +16,15 @@
 #include <vector>
 
 #include "miras/algorithm/context.hpp"
+#include "miras/layer/chunked.hpp"
+#include "miras/layer/fused.hpp"
+#include "miras/layer/options.hpp"
 #include "miras/layer/inputs.hpp"
 #include "miras/layer/traits.hpp"
 #include "miras/memory/state_io.hpp"
 
 namespace miras {
 
-enum class ReadTiming { after_write, before_write };
-
-struct LayerOptions {
-    Index heads = 1;
-    Index key_dim = 1;
-    Index value_dim = 1;
-    /// Scale s applied to the query features; unset means 1 / sqrt(K).
-    std::optional<double> query_scale;
-    ReadTiming read = ReadTiming::after_write;
-    /// Key-value pairs written per token (DeltaProduct writes several).
-    Index steps_per_token = 1;
-};
 
 /// \tparam Memory     what stores the map from keys to values (MatrixMemory, VectorMemory, KVCacheMemory)
 /// \tparam Bias       the inner loss the memory minimises (DotProductBias, L2Bias)
@@ -77,6 +68,7 @@ public:
         check_positive(options_.key_dim, "key dimension");
         check_positive(options_.value_dim, "value dimension");
         check_positive(options_.steps_per_token, "steps per token");
+        check_positive(options_.chunk_size, "chunk size");
         if (options_.query_scale && !std::isfinite(*options_.query_scale)) {
             throw ConfigError("query scale " + std::to_string(*options_.query_scale) + " is invalid; valid is a finite number");
         }
@@ -85,6 +77,12 @@ public:
         dims_.value = options_.value_dim;
         dims_.key_features = memory_.feature_dim(options_.key_dim);
         dims_.steps_per_token = options_.steps_per_token;
+        if (options_.execution == Execution::chunked && !detail::chunkable(*this)) {
+            throw ConfigError(std::string("the chunked form needs a matrix memory with identity features, the l2 or "
+                                          "dot-product bias, one gradient step per token with a per-head rate, and no "
+                                          "retention or a per-head decay; this layer has ") +
+                              Memory::name + "/" + Bias::name + "/" + Retention::name + "/" + Algorithm::name);
+        }
         memory_.validate(dims_);
         if constexpr (requires { algorithm_.validate(); }) algorithm_.validate();
         if constexpr (std::is_same_v<Algorithm, LeastSquares>) {
@@ -108,6 +106,17 @@ public:
 
     double query_scale() const {
         return options_.query_scale ? *options_.query_scale : 1.0 / std::sqrt(static_cast<double>(options_.key_dim));
+    }
+
+    /// Whether a call of T tokens runs the chunked form.
+    bool runs_chunked(Index T) const {
+        switch (options_.execution) {
+            case Execution::reference:
+            case Execution::recurrent: return false;
+            case Execution::chunked: return true;
+            case Execution::automatic: return T >= options_.chunk_size && detail::chunkable(*this);
+        }
+        return false;
     }
 
     /// Every gate the layer reads: the retention's, then the algorithm's.
@@ -144,6 +153,23 @@ public:
         const Index H = dims_.heads, K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
         const S scale = S(query_scale());
         Tensor<S> output({B, T, H, V});
+
+        if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) {
+            if (options_.execution != Execution::reference && detail::chunkable(*this)) {
+                const bool chunked = runs_chunked(T);
+                for (Index b = 0; b < B; ++b) {
+                    for (Index h = 0; h < H; ++h) {
+                        auto& W = state.heads[static_cast<std::size_t>(b * H + h)].memory;
+                        if (chunked) {
+                            detail::forward_head_chunked(*this, inputs, retention_gates, algorithm_gates, b, h, T, W, output);
+                        } else {
+                            detail::forward_head_fused(*this, inputs, retention_gates, algorithm_gates, b, h, T, W, output);
+                        }
+                    }
+                }
+                return output;
+            }
+        }
         Scratch<S> scratch;
         Vec<S> x, query, y;
 

@@ -56,7 +56,9 @@ struct MatrixMemory {
         if (g.scalar()) {
             W *= math::exp(g[0]);
         } else if (axis == Axis::key) {
-            for (Index j = 0; j < W.cols(); ++j) W.col(j) *= math::exp(g[j]);
+            Vec<S> factor(W.cols());
+            for (Index j = 0; j < W.cols(); ++j) factor[j] = math::exp(g[j]);
+            W.array().rowwise() *= factor.transpose().array();
         } else {
             for (Index i = 0; i < W.rows(); ++i) W.row(i) *= math::exp(g[i]);
         }

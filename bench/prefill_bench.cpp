@@ -1,0 +1,106 @@
+// Prefill and decode throughput of the recurrent and chunked forms against the same run's GEMM rate.
+//
+// Throughput counts 4 K V flops per head per token for every form, so that the recurrent and chunked
+// numbers compare directly. Run with --benchmark_counters_tabular=true for a table.
+#include <random>
+
+#include <benchmark/benchmark.h>
+
+#include "miras/miras.hpp"
+
+namespace {
+
+using namespace miras;
+
+/// Single-core Eigen float GEMM rate (512 x 512 x 512), reported as GFLOP/s.
+void BM_EigenGemm(benchmark::State& state) {
+    const int n = 512;
+    Eigen::MatrixXf a = Eigen::MatrixXf::Random(n, n), b = Eigen::MatrixXf::Random(n, n), c(n, n);
+    for (auto _ : state) {
+        c.noalias() = a * b;
+        benchmark::DoNotOptimize(c.data());
+    }
+    state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate,
+                                                   benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_EigenGemm)->Unit(benchmark::kMillisecond);
+
+struct Sequence {
+    Tensor<float> q, k, v, g, eta;
+    Inputs<float> inputs;
+};
+
+Sequence make_sequence(Index B, Index T, Index H, Index K, Index V, bool per_key_decay) {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    Sequence s{Tensor<float>({B, T, H, K}), Tensor<float>({B, T, H, K}), Tensor<float>({B, T, H, V}),
+               Tensor<float>(per_key_decay ? Shape{B, T, H, K} : Shape{B, T, H}, -0.02f),
+               Tensor<float>({B, T, H}, 0.5f), {}};
+    for (auto& x : s.q.values()) x = normal(rng);
+    for (auto& x : s.v.values()) x = normal(rng);
+    for (Index i = 0; i < B * T * H; ++i) {
+        float norm = 0.0f;
+        for (Index c = 0; c < K; ++c) norm += (s.k[i * K + c] = normal(rng)) * s.k[i * K + c];
+        for (Index c = 0; c < K; ++c) s.k[i * K + c] /= std::sqrt(norm);
+    }
+    s.inputs = Inputs<float>{s.q.view(), s.k.view(), s.v.view(), {{"g", s.g.view()}, {"eta", s.eta.view()}}};
+    return s;
+}
+
+template <class L>
+void run_prefill(benchmark::State& state, L layer, bool per_key_decay) {
+    const Index B = 1, T = 4096, H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
+    const Sequence s = make_sequence(B, T, H, K, V, per_key_decay);
+    for (auto _ : state) {
+        auto st = layer.template initial_state<float>(B);
+        auto o = layer.forward(s.inputs, st);
+        benchmark::DoNotOptimize(o.data());
+    }
+    state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOP/s"] = benchmark::Counter(4.0 * K * V * H * B * T, benchmark::Counter::kIsIterationInvariantRate,
+                                                   benchmark::Counter::kIs1000);
+}
+
+LayerOptions prefill_options(Execution execution) {
+    LayerOptions options{.heads = 8, .key_dim = 128, .value_dim = 128};
+    options.execution = execution;
+    return options;
+}
+
+void BM_GatedDeltaNetPrefillRecurrent(benchmark::State& state) {
+    run_prefill(state, presets::gated_deltanet(prefill_options(Execution::recurrent)), false);
+}
+void BM_GatedDeltaNetPrefillChunked(benchmark::State& state) {
+    run_prefill(state, presets::gated_deltanet(prefill_options(Execution::chunked)), false);
+}
+void BM_Mamba2PrefillChunked(benchmark::State& state) {
+    run_prefill(state, presets::mamba2(prefill_options(Execution::chunked)), false);
+}
+void BM_GlaPrefillRecurrent(benchmark::State& state) {
+    run_prefill(state, presets::gla(prefill_options(Execution::recurrent)), true);
+}
+BENCHMARK(BM_GatedDeltaNetPrefillRecurrent)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GatedDeltaNetPrefillChunked)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Mamba2PrefillChunked)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GlaPrefillRecurrent)->Unit(benchmark::kMillisecond);
+
+/// One token at a time with the state carried: the decode step (H = 16, K = V = 128).
+void BM_GatedDeltaNetDecode(benchmark::State& state) {
+    LayerOptions options{.heads = 16, .key_dim = 128, .value_dim = 128};
+    options.execution = Execution::recurrent;
+    const auto layer = presets::gated_deltanet(options);
+    const Sequence s = make_sequence(1, 1, 16, 128, 128, false);
+    auto st = layer.initial_state<float>(1);
+    for (auto _ : state) {
+        auto o = layer.forward(s.inputs, st);
+        benchmark::DoNotOptimize(o.data());
+    }
+    state.counters["tokens/s"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOP/s"] = benchmark::Counter(4.0 * 128 * 128 * 16, benchmark::Counter::kIsIterationInvariantRate,
+                                                   benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_GatedDeltaNetDecode)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

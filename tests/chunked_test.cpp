@@ -1,0 +1,154 @@
+// The chunked form returns the numbers of the token loop: outputs and final state, for every
+// chunkable preset, chunk size and awkward length, from a random initial state.
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "miras/miras.hpp"
+
+namespace {
+
+using namespace miras;
+
+enum class Model { linear_attention, retnet, mamba2, deltanet, gated_deltanet, gated_deltanet_form_b };
+
+const char* model_name(Model m) {
+    switch (m) {
+        case Model::linear_attention: return "LinearAttention";
+        case Model::retnet: return "RetNet";
+        case Model::mamba2: return "Mamba2";
+        case Model::deltanet: return "DeltaNet";
+        case Model::gated_deltanet: return "GatedDeltaNet";
+        case Model::gated_deltanet_form_b: return "GatedDeltaNetGradientThenDecay";
+    }
+    return "?";
+}
+
+struct Case {
+    Model model;
+    Index tokens;
+    Index chunk;
+};
+
+template <class L>
+L with_execution(L layer, Execution execution, Index chunk) {
+    LayerOptions options = layer.options();
+    options.execution = execution;
+    options.chunk_size = chunk;
+    return L(options, layer.memory(), layer.bias(), layer.retention(), layer.algorithm());
+}
+
+template <class S>
+double max_difference(const Tensor<S>& a, const Tensor<S>& b) {
+    double worst = 0.0;
+    for (Index i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(a[i] - b[i])));
+    return worst;
+}
+
+/// Runs the reference token loop, the fused loop and the chunked form from the same random state
+/// and inputs, and compares outputs and final states.
+template <class S, class L>
+void expect_modes_agree(const L& base, Index T, Index C, double tolerance) {
+    const L reference = with_execution(base, Execution::reference, C);
+    const L recurrent = with_execution(base, Execution::recurrent, C);
+    const L chunked = with_execution(base, Execution::chunked, C);
+    ASSERT_FALSE(recurrent.runs_chunked(T));
+    ASSERT_TRUE(chunked.runs_chunked(T));
+
+    const Index B = 2, H = base.dims().heads, K = base.dims().key, V = base.dims().value;
+    std::mt19937 rng(static_cast<unsigned>(T * 131 + C));
+    std::normal_distribution<double> normal(0.0, 1.0);
+    std::uniform_real_distribution<double> uniform(0.0, 1.0);
+    Tensor<S> q({B, T, H, K}), k({B, T, H, K}), v({B, T, H, V}), g({B, T, H}), eta({B, T, H});
+    for (auto& x : q.values()) x = S(normal(rng));
+    for (auto& x : v.values()) x = S(normal(rng));
+    for (Index i = 0; i < B * T * H; ++i) {
+        double norm = 0.0;
+        std::vector<double> key(static_cast<std::size_t>(K));
+        for (auto& x : key) { x = normal(rng); norm += x * x; }
+        for (Index c = 0; c < K; ++c) k[i * K + c] = S(key[static_cast<std::size_t>(c)] / std::sqrt(norm));
+        g[i] = S(-0.5 * uniform(rng));
+        eta[i] = S(uniform(rng));
+    }
+    Inputs<S> inputs{q.view(), k.view(), v.view(), {{"g", g.view()}, {"eta", eta.view()}}};
+
+    Tensor<S> initial({B, H, V, K});
+    for (auto& x : initial.values()) x = S(0.3 * normal(rng));
+    const std::map<std::string, Tensor<S>> start{{"W", initial}};
+    auto state_reference = reference.load_state(start);
+    auto state_recurrent = recurrent.load_state(start);
+    auto state_chunked = chunked.load_state(start);
+
+    const Tensor<S> o_reference = reference.forward(inputs, state_reference);
+    const Tensor<S> o_recurrent = recurrent.forward(inputs, state_recurrent);
+    const Tensor<S> o_chunked = chunked.forward(inputs, state_chunked);
+    ASSERT_EQ(o_reference.shape(), o_chunked.shape());
+
+    // The tolerance grows with sqrt(T) because rounding errors of the two orders accumulate.
+    const double bound = tolerance * std::sqrt(static_cast<double>(std::max<Index>(T, 1)));
+    EXPECT_LE(max_difference(o_reference, o_recurrent), bound) << "fused outputs";
+    EXPECT_LE(max_difference(o_reference, o_chunked), bound) << "chunked outputs";
+
+    const Tensor<S> w_reference = reference.save_state(state_reference).at("W");
+    EXPECT_LE(max_difference(w_reference, recurrent.save_state(state_recurrent).at("W")), bound) << "fused state";
+    EXPECT_LE(max_difference(w_reference, chunked.save_state(state_chunked).at("W")), bound) << "chunked state";
+}
+
+template <class S>
+void run_case(const Case& c, double tolerance) {
+    const LayerOptions options{.heads = 2, .key_dim = 8, .value_dim = 5};
+    switch (c.model) {
+        case Model::linear_attention: return expect_modes_agree<S>(presets::linear_attention(options), c.tokens, c.chunk, tolerance);
+        case Model::retnet: return expect_modes_agree<S>(presets::retnet(options), c.tokens, c.chunk, tolerance);
+        case Model::mamba2: return expect_modes_agree<S>(presets::mamba2(options), c.tokens, c.chunk, tolerance);
+        case Model::deltanet: return expect_modes_agree<S>(presets::deltanet(options), c.tokens, c.chunk, tolerance);
+        case Model::gated_deltanet:
+            return expect_modes_agree<S>(presets::gated_deltanet(options), c.tokens, c.chunk, tolerance);
+        case Model::gated_deltanet_form_b: {
+            presets::GatedDeltaNet layer(options, {}, {},
+                                         presets::per_token_decay(Axis::head, Placement::gradient_then_decay),
+                                         presets::per_token_step());
+            return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
+        }
+    }
+}
+
+std::vector<Case> cases() {
+    std::vector<Case> all;
+    for (Model m : {Model::linear_attention, Model::retnet, Model::mamba2, Model::deltanet, Model::gated_deltanet,
+                    Model::gated_deltanet_form_b}) {
+        for (Index C : {16, 32, 64}) {
+            for (Index T : {Index(1), Index(2), C - 1, C, C + 1, Index(1000)}) all.push_back({m, T, C});
+        }
+    }
+    return all;
+}
+
+class ChunkedForm : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ChunkedForm, EqualsRecurrentInDouble) { run_case<double>(GetParam(), 1e-12); }
+TEST_P(ChunkedForm, EqualsRecurrentInFloat) { run_case<float>(GetParam(), 2e-5); }
+
+INSTANTIATE_TEST_SUITE_P(Presets, ChunkedForm, ::testing::ValuesIn(cases()), [](const auto& info) {
+    return std::string(model_name(info.param.model)) + "_T" + std::to_string(info.param.tokens) + "_C" +
+           std::to_string(info.param.chunk);
+});
+
+TEST(ChunkedForm, RejectsLayersWithoutAnExactChunkedForm) {
+    LayerOptions options{.heads = 1, .key_dim = 4, .value_dim = 4};
+    options.execution = Execution::chunked;
+    EXPECT_THROW(presets::kda(options), ConfigError);
+    EXPECT_THROW(presets::longhorn(options), ConfigError);
+}
+
+TEST(ChunkedForm, AutomaticPicksChunkedOnlyWhereExact) {
+    const LayerOptions options{.heads = 1, .key_dim = 4, .value_dim = 4, .chunk_size = 16};
+    EXPECT_TRUE(presets::gated_deltanet(options).runs_chunked(16));
+    EXPECT_FALSE(presets::gated_deltanet(options).runs_chunked(15));
+    EXPECT_FALSE(presets::comba(options).runs_chunked(64));
+    EXPECT_FALSE(presets::mesanet(options).runs_chunked(64));
+}
+
+}  // namespace

@@ -17,6 +17,7 @@
 // Every exponent is a difference G_r - G_i with i <= r (or a single G_r), so it is <= 0.
 #pragma once
 
+#include <limits>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -61,6 +62,19 @@ bool chunkable(const L& layer) {
     }
 }
 
+/// mask[r, i] = exp(row[r] - column[i]) for i < r (or i <= r), 0 above; the exponents are
+/// differences of cumulative log-gates with i before r, so each is <= 0.
+template <class S>
+void decay_mask(const Vec<S>& row, const Vec<S>& column, Index n, bool include_diagonal, Mat<S>& mask) {
+    auto m = mask.topLeftCorner(n, n);
+    for (Index r = 0; r < n; ++r) {
+        const Index last = include_diagonal ? r : r - 1;
+        for (Index i = 0; i <= last; ++i) m(r, i) = row[r] - column[i];
+        for (Index i = last + 1; i < n; ++i) m(r, i) = S(-std::numeric_limits<double>::infinity());
+    }
+    m = m.array().exp().matrix();
+}
+
 /// Runs one (b, h) sequence chunk by chunk; W is the head's state, updated in place.
 template <class S, class L, class RetentionBound, class AlgorithmBound>
 void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
@@ -73,7 +87,7 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
     const S scale = S(layer.query_scale());
     const bool gradient_first = layer.retention().placement == Placement::gradient_then_decay;
 
-    Mat<S> Q(C, K), Kc(C, K), Vc(C, V), A(C, C), U(C, V), Wk(C, K), O(C, V);
+    Mat<S> Q(C, K), Kc(C, K), Vc(C, V), A(C, C), U(C, V), Wk(C, K), O(C, V), mask(C, C);
     Vec<S> G(C), E(C), eta(C);
 
     for (Index start = 0; start < T; start += C) {
@@ -106,9 +120,9 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
             Un.noalias() -= Wn * W.transpose();
             auto An = A.topLeftCorner(n, n);
             An.noalias() = Kn * Kn.transpose();
-            for (Index r = 0; r < n; ++r) {
-                for (Index i = 0; i < r; ++i) An(r, i) *= eta[r] * math::exp(E[r] - G[i]);
-            }
+            decay_mask(E, G, n, /*include_diagonal=*/false, mask);
+            An.array() *= mask.topLeftCorner(n, n).array();
+            An = eta.head(n).asDiagonal() * An;
             // The unit lower view reads only the strictly lower part of A and puts ones on the diagonal.
             An.template triangularView<Eigen::UnitLower>().solveInPlace(Un);
         }
@@ -119,10 +133,8 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
         for (Index r = 0; r < n; ++r) On.row(r) *= math::exp(G[r]);
         auto P = A.topLeftCorner(n, n);
         P.noalias() = Qn * Kn.transpose();
-        for (Index r = 0; r < n; ++r) {
-            for (Index i = 0; i <= r; ++i) P(r, i) *= math::exp(G[r] - G[i]);
-            for (Index i = r + 1; i < n; ++i) P(r, i) = S(0);
-        }
+        decay_mask(G, G, n, /*include_diagonal=*/true, mask);
+        P.array() *= mask.topLeftCorner(n, n).array();
         On.noalias() += P * Un;
         for (Index r = 0; r < n; ++r) {
             S* o = output.data() + ((b * T + start + r) * H + h) * V;

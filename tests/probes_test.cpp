@@ -220,6 +220,28 @@ TEST(StreamProbe, ReadTokensWriteNothing) {
     EXPECT_GT(curve.points[0].cosine, 1.0 - 1e-9);
 }
 
+// ---- gates ------------------------------------------------------------------------------------
+
+/// With orthonormal keys a decayed Hebbian memory reads gamma^age v_i exactly, so the mean squared
+/// error per channel is the mean over pairs of (1 - gamma^age)^2 / V.
+double decayed_mse(Index N, double gamma) {
+    double total = 0.0;
+    for (Index age = 0; age < N; ++age) total += std::pow(1.0 - std::pow(gamma, static_cast<double>(age)), 2);
+    return total / static_cast<double>(N) / static_cast<double>(d);
+}
+
+ProbedLayer decayed(double gamma) { return probed(presets::mamba2(options()), {{"g", std::log(gamma)}}); }
+
+TEST(ProbeGates, DecayScalesEachPairByItsAge) {
+    const ProbeCurve curve = run_capacity(decayed(0.9), {{0.5}}, settings(KeyKind::orthonormal));
+    EXPECT_NEAR(curve.points[0].mse, decayed_mse(d / 2, 0.9), 1e-12);
+}
+
+TEST(ProbeGates, StreamReadTokensNeitherWriteNorDecay) {
+    const ProbeCurve curve = run_stream(decayed(0.9), {0.5, {0}}, settings(KeyKind::orthonormal));
+    EXPECT_NEAR(curve.points[0].mse, decayed_mse(d / 2, 0.9), 1e-12);
+}
+
 // ---- determinism and bad input -----------------------------------------------------------------
 
 TEST(Probes, SameSeedGivesIdenticalNumbers) {

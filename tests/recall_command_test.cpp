@@ -1,5 +1,5 @@
 // The run behind `miras recall`, end to end into a temporary folder: every file is written and
-// parses, the table names every layer, and a second run into the same folder is refused.
+// parses, the table names every layer, and a second run into the same folder is rejected.
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -86,7 +86,7 @@ TEST_F(RecallRun, WritesEveryFileAndTheyParse) {
     EXPECT_NE(table.find(folder.string()), std::string::npos);
 }
 
-TEST_F(RecallRun, RefusesAnExistingFolder) {
+TEST_F(RecallRun, RejectsAnExistingFolder) {
     run(options_);
     const std::string before = read(options_.output_dir / "results.json");
     RunOptions again = options_;

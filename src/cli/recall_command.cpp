@@ -19,7 +19,7 @@ Action add_recall_command(CLI::App& app) {
                   "and compare the layers");
     command->add_option("--seed", options->seed, "Seed of every random key, value and noise draw")->capture_default_str();
     command->add_option("--output-dir", *output_dir,
-                        "Results folder (default: results/recall-YYYYmmdd-HHMMSS-seedN); an existing one is refused");
+                        "Results folder (default: results/recall-YYYYmmdd-HHMMSS-seedN); an existing one is rejected");
     command->add_flag("--force", options->force, "Replace an existing --output-dir");
     command->add_option("--key-dim", options->key_dim, "Key and value dimension of the probed layers")
         ->check(CLI::Range(Index{1}, Index{1024}))

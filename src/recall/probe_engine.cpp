@@ -43,7 +43,7 @@ std::uint64_t point_seed(std::uint64_t seed, Probe probe, std::size_t point) {
 
 Mat<double> random_keys(ProbeRandom& random, Index n, Index dim, KeyKind kind) {
     if (kind == KeyKind::orthonormal && n > dim) {
-        throw InputError("orthonormal keys: " + std::to_string(n) + " keys asked in R^" + std::to_string(dim) +
+        throw InputError("orthonormal keys: " + std::to_string(n) + " keys requested in R^" + std::to_string(dim) +
                          "; valid is at most " + std::to_string(dim));
     }
     Mat<double> gaussian(n, dim);
@@ -86,8 +86,12 @@ Index gate_channels(const GateSpec& spec, const LayerDims& dims) {
     return spec.config.axis == Axis::key ? dims.key_features : dims.value;
 }
 
-/// The gate value of a token that writes nothing: no decay (g = 0) and no write strength; a
-/// positive-only gate (a ridge or a scale) keeps its probe value.
+/// Returns the gate value of a token that writes nothing: no decay (g = 0) and no write strength.
+/// A positive-only gate (a ridge or a scale) keeps its probe value.
+/// NOTE: a read token also writes the zero pair (k = 0, v = 0). That write changes nothing in a
+/// matrix memory with the identity feature map. Two cases differ: a kv cache that reads after its
+/// own write puts the zero pair into its softmax with score 0 (reading before the write avoids it),
+/// and a delta-type rule with a fixed rate and a feature map with phi(0) != 0 moves W by W phi(0).
 double neutral_value(const GateSpec& spec, double probe_value) {
     return spec.range == Range::positive ? probe_value : 0.0;
 }

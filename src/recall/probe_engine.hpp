@@ -56,7 +56,7 @@ struct Trial {
 };
 
 /// Runs every trial's writes from the zero state, then reads each query from a copy of the state
-/// after the writes, so that no read sees another read. Trials are laid out (b, h), so their count
+/// after the writes, so that no read depends on another. Trials are laid out (b, h), so their count
 /// must be a multiple of the head count and they must share T and Q. Returns [Q, V] per trial.
 std::vector<Mat<double>> write_then_query(const ProbedLayer& probed, const std::vector<Trial>& trials);
 

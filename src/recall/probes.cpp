@@ -1,5 +1,5 @@
 // The six memorisation probes. Each point of a curve draws its data from its own seed, so every
-// layer of the same key and value dimensions sees the same keys and values.
+// layer of the same key and value dimensions reads the same keys and values.
 #include "miras/tasks/probes.hpp"
 
 #include <cmath>
@@ -71,7 +71,7 @@ Index pairs_for(double load, Index K, const char* probe) {
     return std::max<Index>(1, static_cast<Index>(std::llround(load * static_cast<double>(K))));
 }
 
-/// The rows an argmax read chooses among: every unit value of the trial, or the V one-hot rows.
+/// Returns the rows an argmax read chooses among: every unit value of the trial, or the V one-hot rows.
 Mat<double> candidates_for(const Mat<double>& values, ValueKind kind) {
     if (kind == ValueKind::one_hot) return Mat<double>::Identity(values.cols(), values.cols());
     return values;
@@ -203,6 +203,7 @@ ProbeCurve run_recency(const ProbedLayer& layer, const RecencyProbe& probe, cons
         throw InputError("recency bucket count " + std::to_string(probe.buckets) + " is invalid; valid is 1 or more");
     }
     const Index buckets = std::min(probe.buckets, N);
+
     ProbeRandom random(detail::point_seed(settings.seed, Probe::recency, 0));
     const Index trials = detail::sequences_for(N / buckets, H, settings.min_queries) * H;
     std::vector<Trial> data;
@@ -213,6 +214,7 @@ ProbeCurve run_recency(const ProbedLayer& layer, const RecencyProbe& probe, cons
         data.push_back({keys, values.back().rows, keys});
     }
     const auto outputs = detail::write_then_query(layer, data);
+
     std::vector<Tally> tallies(static_cast<std::size_t>(buckets));
     std::vector<double> age_sum(static_cast<std::size_t>(buckets), 0.0);
     for (Index i = 0; i < trials; ++i) {
@@ -226,6 +228,7 @@ ProbeCurve run_recency(const ProbedLayer& layer, const RecencyProbe& probe, cons
             age_sum[bucket] += static_cast<double>(age);
         }
     }
+
     ProbeCurve curve{Probe::recency, "age", {}};
     for (std::size_t b = 0; b < tallies.size(); ++b) {
         curve.points.push_back(tallies[b].point(age_sum[b] / static_cast<double>(tallies[b].count())));
@@ -302,7 +305,7 @@ ProbeCurve run_stream(const ProbedLayer& layer, const StreamProbe& probe, const 
         const Index trials = detail::sequences_for(P, H, settings.min_queries) * H;
         std::vector<Trial> data;
         std::vector<detail::Values> values;
-        std::vector<std::vector<Index>> asked;
+        std::vector<std::vector<Index>> requested;
         for (Index i = 0; i < trials; ++i) {
             const Mat<double> keys = detail::random_keys(random, P, K, settings.keys);
             values.push_back(detail::random_values(random, P, V, settings.values, 0));
@@ -330,7 +333,7 @@ ProbeCurve run_stream(const ProbedLayer& layer, const StreamProbe& probe, const 
                 ++t;
             }
             data.push_back(std::move(trial));
-            asked.push_back(order);
+            requested.push_back(order);
         }
         const auto outputs = detail::read_in_stream(layer, data, reads);
         Tally tally;
@@ -338,7 +341,7 @@ ProbeCurve run_stream(const ProbedLayer& layer, const StreamProbe& probe, const 
             const auto s = static_cast<std::size_t>(i);
             const Mat<double> candidates = candidates_for(values[s].rows, settings.values);
             for (Index j = 0; j < P; ++j) {
-                const Index pair = asked[s][static_cast<std::size_t>(j)];
+                const Index pair = requested[s][static_cast<std::size_t>(j)];
                 tally.add(outputs[s].row(j).transpose(), values[s].rows.row(pair).transpose(), candidates,
                           values[s].labels[static_cast<std::size_t>(pair)]);
             }

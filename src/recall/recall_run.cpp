@@ -39,7 +39,7 @@ std::string format(const char* pattern, double value) {
     return buffer;
 }
 
-/// The point of a curve that the table shows: the oldest bucket of the recency curve, otherwise
+/// Returns the index of the point of a curve that the table shows: the oldest bucket of the recency curve, otherwise
 /// the point nearest to a typical setting.
 std::size_t headline(const ProbeCurve& curve) {
     if (curve.points.empty()) return 0;
@@ -68,7 +68,7 @@ std::string headline_label(const ProbeCurve& curve) {
     return prefix.at(curve.probe) + format("%g", curve.points[headline(curve)].x);
 }
 
-/// The largest N/d_k up to which every capacity point has accuracy >= 0.9 (0 if the first fails).
+/// Returns the largest N/d_k up to which every capacity point has accuracy >= 0.9 (0 if the first fails).
 double capacity_at_90(const ProbeCurve& curve) {
     double reached = 0.0;
     for (const auto& point : curve.points) {
@@ -99,7 +99,7 @@ void write_atomic(const fs::path& path, const std::string& content) {
         std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
         file << content;
         file.flush();
-        if (!file) throw InputError("cannot write '" + temporary.string() + "'");
+        if (!file) throw InputError("failed to write '" + temporary.string() + "'; check that the folder is writable");
     }
     fs::rename(temporary, path);
 }
@@ -155,7 +155,8 @@ int run_gnuplot(const std::string& gnuplot, const fs::path& folder, const std::s
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-/// One block per layer (gnuplot `index`): x, accuracy, cosine, mse, samples.
+/// Formats the curves of one probe as gnuplot data, one block per layer (gnuplot `index`) with the
+/// columns x, accuracy, cosine, mse and samples.
 std::string curve_data(const std::vector<LayerResult>& results, Probe probe) {
     std::ostringstream data;
     data << "# " << tasks::probe_name(probe) << ": one block per layer; columns x accuracy cosine mse samples\n";
@@ -180,6 +181,9 @@ struct Panel {
 
 std::string plot_script(const std::vector<LayerResult>& results, const std::string& name, const std::string& xlabel,
                         bool log_x, const std::vector<Panel>& panels) {
+    // Twelve distinct colours; past twelve layers the dash pattern tells them apart.
+    static const std::vector<std::string> colours{"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+                                                  "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#aec7e8"};
     std::ostringstream body;
     body << "set multiplot layout 1," << panels.size() << "\n";
     body << "set xlabel '" << xlabel << "'\nset grid\nset key outside bottom center horizontal maxrows 4 font ',8'\n";
@@ -189,7 +193,8 @@ std::string plot_script(const std::vector<LayerResult>& results, const std::stri
         body << "plot ";
         for (std::size_t i = 0; i < results.size(); ++i) {
             body << (i > 0 ? ", \\\n     " : "") << "'" << name << ".dat' index " << i << " using 1:" << panel.column
-                 << " with linespoints title '" << results[i].layer->name << "'";
+                 << " with linespoints lc rgb '" << colours[i % colours.size()] << "' pt " << (i % 13) + 1 << " dt "
+                 << (i / colours.size()) % 5 + 1 << " title '" << results[i].layer->name << "'";
         }
         if (!panel.reference.empty()) body << ", \\\n     " << panel.reference;
         body << "\n";
@@ -258,7 +263,9 @@ void print_table(std::ostream& out, const RunOptions& options, const std::vector
             for (Probe probe : probes) {
                 const ProbeCurve& curve = *find_curve(result, probe);
                 const auto& p = curve.points[headline(curve)];
-                const double value = metric == "accuracy" ? p.accuracy : metric == "cosine" ? p.cosine : p.mse;
+                double value = p.mse;
+                if (metric == "accuracy") value = p.accuracy;
+                if (metric == "cosine") value = p.cosine;
                 out << format(pattern, value);
             }
             if (metric == "accuracy" && capacity) out << format("%9.3g", capacity_at_90(*find_curve(result, Probe::capacity)));
@@ -271,7 +278,7 @@ void print_table(std::ostream& out, const RunOptions& options, const std::vector
 
 fs::path run_recall(const RunOptions& options, const std::vector<ProbedLayer>& layers, std::ostream& out,
                     std::ostream& progress) {
-    if (layers.empty()) throw InputError("no layers to probe");
+    if (layers.empty()) throw InputError("no layers to probe; give at least one");
     std::vector<Probe> probes;
     if (options.probes.empty()) probes = tasks::all_probes();
     for (const auto& name : options.probes) {
@@ -283,7 +290,7 @@ fs::path run_recall(const RunOptions& options, const std::vector<ProbedLayer>& l
     const tasks::ProbeSuite suite = tasks::ProbeSuite::standard(options.quick);
     tasks::ProbeSettings settings;
     settings.seed = options.seed;
-    settings.min_queries = options.quick ? 128 : 512;
+    settings.min_queries = options.quick ? 128 : 2048;
 
     std::vector<LayerResult> results;
     const auto started = std::chrono::steady_clock::now();

@@ -14,17 +14,17 @@ namespace miras::recall {
 
 struct RunOptions {
     std::uint64_t seed = 1;
-    /// Where to write; empty means results_root/recall-YYYYmmdd-HHMMSS-seedN (UTC), with a suffix
+    /// Folder to write; empty means results_root/recall-YYYYmmdd-HHMMSS-seedN (UTC), with a suffix
     /// -2, -3, ... when that folder exists.
     std::filesystem::path output_dir;
     std::filesystem::path results_root = "results";
-    /// Replace an existing output_dir instead of refusing it.
+    /// Replacement of an existing output_dir instead of rejecting it.
     bool force = false;
     Index key_dim = 32;
     /// Probe names to run; empty runs every probe.
     std::vector<std::string> probes;
     bool quick = false;
-    /// Run gnuplot when it is on the PATH.
+    /// Plotting with gnuplot when it is on the PATH.
     bool plots = true;
 };
 

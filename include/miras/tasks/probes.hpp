@@ -1,6 +1,6 @@
-// Training-free memorisation probes: write random key-value pairs into a layer with constant gates,
-// read them back, and score each read y against its value v by argmax decoding over the candidate
-// values (cosine), cos(y, v) and the mean squared error mean_c (y_c - v_c)^2. The closed forms they
+// Training-free memorisation probes: write random key-value pairs into a layer with constant gates
+// and read them back. Each read y is scored against its value v three ways: argmax decoding over the
+// candidate values (by cosine), cos(y, v), and the mean squared error mean_c (y_c - v_c)^2. The closed forms they
 // are checked against (Hebbian cosine 1 / sqrt(1 + (N - 1) / d), exact delta and least-squares
 // recall up to N = d, delta-rule recency) follow Schlag, Irie and Schmidhuber (2021) and the
 // test-time-regression view of linear attention, the delta rule, MesaNet and softmax attention.
@@ -62,9 +62,9 @@ struct RecencyProbe { double load = 2; Index buckets = 8; };
 /// Every key written 1 + rewrites times with a new value each time; the latest value is expected.
 /// The candidates of the argmax are every value written.
 struct OverwriteProbe { double load = 0.5; std::vector<Index> rewrites{1, 2, 4}; };
-/// The memorisation analogue of MQAR: each pair is followed by D distractor writes (random keys and
-/// values that are never asked for), then the keys are queried in random order with D distractor
-/// writes before each query, reading at its place in the stream.
+/// The memorisation analogue of MQAR. Each pair is followed by D distractor writes (random keys and
+/// values that no query requests). Then the keys are queried in random order, with D distractor
+/// writes before each query, and each query reads at its place in the stream.
 struct StreamProbe { double load = 0.5; std::vector<Index> distractors{0, 1, 2, 4, 8}; };
 
 struct ProbeSuite {

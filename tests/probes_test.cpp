@@ -105,6 +105,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(ExactCase{"DeltaRuleOrthonormalKeys", [] { return delta(); }, KeyKind::orthonormal},
                       ExactCase{"DeltaRuleReadBeforeWrite", [] { return delta(ReadTiming::before_write); },
                                 KeyKind::orthonormal},
+                      ExactCase{"DeltaProductTwoStepsPerToken",
+                                [] { return probed(presets::deltaproduct(options(), 2), {{"g", 0.0}, {"eta", 1.0}}); },
+                                KeyKind::orthonormal},
                       ExactCase{"HebbianOrthonormalKeys", [] { return hebbian(); }, KeyKind::orthonormal},
                       ExactCase{"LeastSquaresRandomKeys", [] { return least_squares(1e-12); }, KeyKind::sphere}),
     [](const ::testing::TestParamInfo<ExactCase>& info) { return info.param.name; });

@@ -207,11 +207,13 @@ std::vector<Mat<double>> write_then_query(const ProbedLayer& probed, const std::
     if (T > 0) forward(probed, writes, *state);
     const NamedTensors<double> snapshot = layer.save_state(*state);
 
-    // Each read runs as one token from its own copy of its sequence's state; copies are made in
-    // chunks to bound the memory a kv cache needs.
+    // Each read runs as one token from its own copy of its sequence's state. The copies are made
+    // in chunks of at most 256 reads and about 2^24 state values (128 MiB), whichever is smaller.
     std::vector<Mat<double>> outputs(trials.size(), Mat<double>::Zero(Q, dims.value));
     const Index total = B * Q;
-    constexpr Index chunk = 256;
+    Index per_copy = 1;
+    for (const auto& [name, tensor] : snapshot) per_copy += tensor.size() / B;
+    const Index chunk = std::clamp<Index>((Index{1} << 24) / per_copy, 1, 256);
     const std::vector<double> zero_key(static_cast<std::size_t>(dims.key), 0.0), zero_value(static_cast<std::size_t>(dims.value), 0.0);
     for (Index first = 0; first < total; first += chunk) {
         const Index count = std::min(chunk, total - first);

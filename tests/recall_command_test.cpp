@@ -159,6 +159,15 @@ TEST_F(RecallRun, PlotsWhenGnuplotIsOnThePath) {
     }
 }
 
+TEST_F(RecallRun, UnwritableFolderLeavesNothingBehind) {
+    std::ofstream(root_ / "file") << "not a folder";
+    options_.output_dir = root_ / "file" / "run";
+    EXPECT_THROW(run(options_), std::exception);
+    std::size_t entries = 0;
+    for ([[maybe_unused]] const auto& entry : fs::directory_iterator(root_)) ++entries;
+    EXPECT_EQ(entries, 1u);
+}
+
 TEST_F(RecallRun, UnknownProbeIsAnInputError) {
     options_.probes = {"capacity", "nosie"};
     EXPECT_THROW(run(options_), miras::InputError);

@@ -28,6 +28,15 @@ using tasks::ProbedLayer;
 
 namespace {
 
+/// Removes the temporary folder on every way out; after the final rename it no longer exists.
+struct StagingGuard {
+    fs::path path;
+    ~StagingGuard() {
+        std::error_code ignored;
+        fs::remove_all(path, ignored);
+    }
+};
+
 struct LayerResult {
     const ProbedLayer* layer = nullptr;
     std::vector<ProbeCurve> curves;
@@ -313,6 +322,7 @@ fs::path run_recall(const RunOptions& options, const std::vector<ProbedLayer>& l
     const fs::path staging = parent / ("." + folder.filename().string() + ".partial-" + std::to_string(getpid()));
     fs::remove_all(staging);
     fs::create_directories(staging);
+    const StagingGuard guard{staging};
 
     std::ostringstream points;
     points << "spec,probe,x_name,x,samples,accuracy,cosine,mse\n";

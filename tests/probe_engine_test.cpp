@@ -1,6 +1,6 @@
 // Reads from copies of a saved state equal reads recomputed from the start of the sequence, for
-// every memory kind, with one head and with two. This pins the save, copy and load of states that
-// every probe but the stream relies on.
+// matrix, least-squares, implicit-step and kv-cache memories, with one head and with two. This pins
+// the save, copy and load of states that every probe but the stream relies on.
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -124,7 +124,7 @@ TEST(ProbeRandom, NormalsHaveUnitVariance) {
     EXPECT_NEAR(squares / n, 1.0, 0.015);
 }
 
-TEST(ProbeRandom, PermutationHoldsEveryIndexOnce) {
+TEST(ProbeRandom, PermutationContainsEveryIndexOnce) {
     probe::ProbeRandom random(9);
     std::vector<Index> order = random.permutation(50);
     std::sort(order.begin(), order.end());

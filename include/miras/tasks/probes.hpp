@@ -2,8 +2,9 @@
 // and read them back. Each read y is scored against its value v three ways: argmax decoding over the
 // candidate values (by cosine), cos(y, v), and the mean squared error mean_c (y_c - v_c)^2. The closed forms they
 // are checked against (Hebbian cosine 1 / sqrt(1 + (N - 1) / d), exact delta and least-squares
-// recall up to N = d, delta-rule recency) follow Schlag, Irie and Schmidhuber (2021) and the
-// test-time-regression view of linear attention, the delta rule, MesaNet and softmax attention.
+// recall up to N = d, delta-rule recency) follow the capacity experiments of Schlag, Irie and
+// Schmidhuber (2021) and the test-time regression view of Wang, Shi and Fox (2025), in which linear
+// attention, the delta rule, MesaNet and softmax attention solve one regression in different ways.
 #pragma once
 
 #include <cstdint>

@@ -162,10 +162,35 @@ TEST_F(RecallRun, PlotsWhenGnuplotIsOnThePath) {
 TEST_F(RecallRun, UnwritableFolderLeavesNothingBehind) {
     std::ofstream(root_ / "file") << "not a folder";
     options_.output_dir = root_ / "file" / "run";
-    EXPECT_THROW(run(options_), std::exception);
+    EXPECT_THROW(run(options_), miras::InputError);
     std::size_t entries = 0;
     for ([[maybe_unused]] const auto& entry : fs::directory_iterator(root_)) ++entries;
     EXPECT_EQ(entries, 1u);
+}
+
+TEST_F(RecallRun, SkipsALayerWhoseProbesFail) {
+    auto layers = miras::recall::default_probe_layers(8);
+    auto deltanet = std::find_if(layers.begin(), layers.end(), [](const auto& l) { return l.name == "deltanet"; });
+    ASSERT_NE(deltanet, layers.end());
+    deltanet->gates.clear();  // the delta rule reads its rate eta per token
+    std::ostringstream out, progress;
+    const auto report = miras::recall::run_recall(options_, layers, out, progress);
+    ASSERT_EQ(report.skipped.size(), 1u);
+    EXPECT_EQ(report.skipped[0].first, "deltanet");
+    EXPECT_NE(progress.str().find("'deltanet' skipped"), std::string::npos) << progress.str();
+    const auto json = nlohmann::json::parse(read(report.folder / "results.json"));
+    EXPECT_EQ(json.at("layers").size(), layers.size() - 1);
+    EXPECT_EQ(json.at("skipped").at(0).at("name"), "deltanet");
+}
+
+TEST_F(RecallRun, FailsWhenEveryLayerFails) {
+    auto layers = miras::recall::default_probe_layers(8);
+    std::erase_if(layers, [](const auto& l) { return l.name != "deltanet"; });
+    ASSERT_EQ(layers.size(), 1u);
+    layers[0].gates.clear();
+    std::ostringstream out, progress;
+    EXPECT_THROW(miras::recall::run_recall(options_, layers, out, progress), miras::InputError);
+    EXPECT_FALSE(fs::exists(options_.output_dir));
 }
 
 TEST_F(RecallRun, UnknownProbeIsAnInputError) {

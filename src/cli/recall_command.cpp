@@ -34,8 +34,8 @@ Action add_recall_command(CLI::App& app) {
         recall::RunOptions run = *options;
         run.output_dir = *output_dir;
         const auto layers = recall::default_probe_layers(run.key_dim);
-        recall::run_recall(run, layers, std::cout, std::cerr);
-        return exit_ok;
+        const recall::RunReport report = recall::run_recall(run, layers, std::cout, std::cerr);
+        return report.skipped.empty() ? exit_ok : exit_check_failed;
     };
 }
 

@@ -190,7 +190,7 @@ struct Panel {
 
 std::string plot_script(const std::vector<LayerResult>& results, const std::string& name, const std::string& xlabel,
                         bool log_x, const std::vector<Panel>& panels) {
-    // Twelve distinct colours; past twelve layers the dash pattern tells them apart.
+    // Twelve distinct colours; past twelve layers the dash pattern distinguishes them.
     static const std::vector<std::string> colours{"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
                                                   "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#aec7e8"};
     std::ostringstream body;
@@ -285,8 +285,8 @@ void print_table(std::ostream& out, const RunOptions& options, const std::vector
 
 }  // namespace
 
-fs::path run_recall(const RunOptions& options, const std::vector<ProbedLayer>& layers, std::ostream& out,
-                    std::ostream& progress) {
+RunReport run_recall(const RunOptions& options, const std::vector<ProbedLayer>& layers, std::ostream& out,
+                     std::ostream& progress) {
     if (layers.empty()) throw InputError("no layers to probe; give at least one");
     std::vector<Probe> probes;
     if (options.probes.empty()) probes = tasks::all_probes();
@@ -295,6 +295,13 @@ fs::path run_recall(const RunOptions& options, const std::vector<ProbedLayer>& l
         if (std::find(probes.begin(), probes.end(), probe) == probes.end()) probes.push_back(probe);
     }
     const fs::path folder = choose_folder(options);
+    const fs::path parent = folder.has_parent_path() ? folder.parent_path() : fs::path(".");
+    std::error_code failure;
+    fs::create_directories(parent, failure);
+    if (failure) {
+        throw InputError("failed to create the folder '" + parent.string() + "' (" + failure.message() +
+                         "); choose another --output-dir");
+    }
 
     const tasks::ProbeSuite suite = tasks::ProbeSuite::standard(options.quick);
     tasks::ProbeSettings settings;
@@ -302,23 +309,29 @@ fs::path run_recall(const RunOptions& options, const std::vector<ProbedLayer>& l
     settings.min_queries = options.quick ? 128 : 2048;
 
     std::vector<LayerResult> results;
+    RunReport report;
     const auto started = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < layers.size(); ++i) {
         LayerResult result{&layers[i], {}};
-        for (Probe probe : probes) {
-            const auto begin = std::chrono::steady_clock::now();
-            result.curves.push_back(tasks::run_probe(probe, layers[i], suite, settings));
-            const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
-            progress << "[" << (i + 1) << "/" << layers.size() << "] " << layers[i].name << " " << tasks::probe_name(probe)
-                     << ": " << format("%.2f", seconds) << " s\n";
+        try {
+            for (Probe probe : probes) {
+                const auto begin = std::chrono::steady_clock::now();
+                result.curves.push_back(tasks::run_probe(probe, layers[i], suite, settings));
+                const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+                progress << "[" << (i + 1) << "/" << layers.size() << "] " << layers[i].name << " "
+                         << tasks::probe_name(probe) << ": " << format("%.2f", seconds) << " s\n";
+            }
+        } catch (const Error& e) {
+            progress << "error: layer '" << layers[i].name << "' skipped: " << e.what() << "\n";
+            report.skipped.emplace_back(layers[i].name, e.what());
+            continue;
         }
         results.push_back(std::move(result));
     }
+    if (results.empty()) throw InputError("every layer failed its probes (errors above); no results written");
     const double total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 
     // Everything goes into a hidden sibling folder first; the rename makes the run appear whole.
-    const fs::path parent = folder.has_parent_path() ? folder.parent_path() : fs::path(".");
-    fs::create_directories(parent);
     const fs::path staging = parent / ("." + folder.filename().string() + ".partial-" + std::to_string(getpid()));
     fs::remove_all(staging);
     fs::create_directories(staging);
@@ -336,6 +349,8 @@ fs::path run_recall(const RunOptions& options, const std::vector<ProbedLayer>& l
     json["seconds"] = total_seconds;
     json["probes"] = nlohmann::json::array();
     for (Probe probe : probes) json["probes"].push_back(tasks::probe_name(probe));
+    json["skipped"] = nlohmann::json::array();
+    for (const auto& [name, error] : report.skipped) json["skipped"].push_back({{"name", name}, {"error", error}});
     json["layers"] = nlohmann::json::array();
     json["curves"] = nlohmann::json::array();
     json["summary"] = nlohmann::json::array();
@@ -412,7 +427,8 @@ fs::path run_recall(const RunOptions& options, const std::vector<ProbedLayer>& l
     print_table(out, options, probes, results);
     out << "\nresults: " << folder.string() << "\n";
     progress << "done in " << format("%.1f", total_seconds) << " s\n";
-    return folder;
+    report.folder = folder;
+    return report;
 }
 
 }  // namespace miras::recall

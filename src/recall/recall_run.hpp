@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iosfwd>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "miras/tasks/probes.hpp"
@@ -28,9 +29,16 @@ struct RunOptions {
     bool plots = true;
 };
 
-/// Runs the probes over `layers` and writes the folder, which appears only once complete.
-/// Returns the folder. Raises InputError when output_dir exists and force is off.
-std::filesystem::path run_recall(const RunOptions& options, const std::vector<tasks::ProbedLayer>& layers,
-                                 std::ostream& out, std::ostream& progress);
+/// Outcome of a run: the folder written and the layers skipped, each with its error message.
+struct RunReport {
+    std::filesystem::path folder;
+    std::vector<std::pair<std::string, std::string>> skipped;
+};
+
+/// Runs the probes over `layers` and writes the folder, which appears only once complete. A layer
+/// whose probes raise a miras::Error is skipped and listed in the report and in results.json.
+/// Raises InputError when output_dir exists and force is off, or when every layer fails.
+RunReport run_recall(const RunOptions& options, const std::vector<tasks::ProbedLayer>& layers,
+                     std::ostream& out, std::ostream& progress);
 
 }  // namespace miras::recall

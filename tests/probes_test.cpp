@@ -295,6 +295,7 @@ TEST(Probes, NonPositiveLoadIsAnInputError) {
     EXPECT_THROW(run_capacity(delta(), {{0.0}}, settings()), InputError);
     EXPECT_THROW(run_noise(delta(), {0.5, {-0.1}}, settings()), InputError);
     EXPECT_THROW(run_outliers(delta(), {0.5, {1.0}, 10, 100}, settings()), InputError);
+    EXPECT_THROW(run_outliers(delta(), {0.5, {0.99}, 10, 100}, settings()), InputError);
 }
 
 }  // namespace

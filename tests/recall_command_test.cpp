@@ -159,6 +159,16 @@ TEST_F(RecallRun, PlotsWhenGnuplotIsOnThePath) {
     }
 }
 
+TEST_F(RecallRun, QuotesLayerNamesInPlotScripts) {
+    auto layers = miras::recall::default_probe_layers(8);
+    layers.resize(1);
+    layers[0].name = "it's linear";
+    options_.probes = {"capacity"};
+    std::ostringstream out, progress;
+    miras::recall::run_recall(options_, layers, out, progress);
+    EXPECT_NE(read(options_.output_dir / "capacity.gp").find("title 'it''s linear'"), std::string::npos);
+}
+
 TEST_F(RecallRun, UnwritableFolderLeavesNothingBehind) {
     std::ofstream(root_ / "file") << "not a folder";
     options_.output_dir = root_ / "file" / "run";

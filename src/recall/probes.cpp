@@ -160,6 +160,11 @@ ProbeCurve run_outliers(const ProbedLayer& layer, const OutlierProbe& probe, con
             throw InputError("outlier fraction " + std::to_string(fraction) + " is invalid; valid is 0 <= fraction < 1");
         }
         const Index outliers = static_cast<Index>(std::llround(fraction * static_cast<double>(N)));
+        if (outliers >= N) {
+            throw InputError("outlier fraction " + std::to_string(fraction) + " scales all " + std::to_string(N) +
+                             " pairs and leaves none to score; valid is a fraction below " +
+                             std::to_string((static_cast<double>(N) - 0.5) / static_cast<double>(N)));
+        }
         ProbeRandom random(detail::point_seed(settings.seed, Probe::outliers, p));
         const Index trials = detail::sequences_for(N - outliers, H, settings.min_queries) * H;
         std::vector<Trial> data;

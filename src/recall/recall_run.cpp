@@ -181,6 +181,13 @@ std::string curve_data(const std::vector<LayerResult>& results, Probe probe) {
     return data.str();
 }
 
+/// Doubles single quotes, the escape inside a single-quoted gnuplot string.
+std::string gnuplot_quoted(const std::string& text) {
+    std::string quoted;
+    for (char c : text) quoted += (c == '\'') ? std::string("''") : std::string(1, c);
+    return quoted;
+}
+
 struct Panel {
     std::string ylabel;
     int column;
@@ -203,7 +210,7 @@ std::string plot_script(const std::vector<LayerResult>& results, const std::stri
         for (std::size_t i = 0; i < results.size(); ++i) {
             body << (i > 0 ? ", \\\n     " : "") << "'" << name << ".dat' index " << i << " using 1:" << panel.column
                  << " with linespoints lc rgb '" << colours[i % colours.size()] << "' pt " << (i % 13) + 1 << " dt "
-                 << (i / colours.size()) % 5 + 1 << " title '" << results[i].layer->name << "'";
+                 << (i / colours.size()) % 5 + 1 << " title '" << gnuplot_quoted(results[i].layer->name) << "'";
         }
         if (!panel.reference.empty()) body << ", \\\n     " << panel.reference;
         body << "\n";

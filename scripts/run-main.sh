@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the dependencies, builds the miras tool and runs the main job: every bundled golden file
-# of the linear models checked in float64 and float32.
+# of the linear models checked in float64 and float32, then the memorisation probes over the
+# default layers (table on stdout, results in a new folder under results/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -10,3 +11,4 @@ for file in tests/data/golden/*.json; do
   case "$(basename "$file")" in ttt_*) ;; *) golden_files+=("$file") ;; esac
 done
 build/src/miras golden --precision both "${golden_files[@]}"
+build/src/miras recall

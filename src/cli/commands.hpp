@@ -16,5 +16,6 @@ inline constexpr int exit_bad_input = 2;
 using Action = std::function<int()>;
 
 Action add_golden_command(CLI::App& app);
+Action add_recall_command(CLI::App& app);
 
 }  // namespace miras::cli

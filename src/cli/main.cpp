@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
         actions[app.get_subcommands({}).at(before)] = std::move(action);
     };
     add(miras::cli::add_golden_command);
+    add(miras::cli::add_recall_command);
 
     try {
         app.parse(argc, argv);

@@ -230,6 +230,9 @@ inline std::vector<Preset> all_presets() {
     return table;
 }
 
+/// Prints a preset by its name in test messages.
+inline void PrintTo(const Preset& preset, std::ostream* out) { *out << preset.name; }
+
 inline std::string preset_name(const ::testing::TestParamInfo<Preset>& info) { return info.param.name; }
 
 }  // namespace miras::test

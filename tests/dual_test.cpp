@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#define MIRAS_TEST_DUAL
 #include "support.hpp"
 
 namespace {

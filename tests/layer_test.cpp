@@ -3,6 +3,7 @@
 // sequence split into calls that pass the state, and no initial state is the zero state. A state
 // survives save_state and load_state, and each sequence of a batch is independent. T = 0 is an
 // empty call, and state_size_per_head follows the memory's formula.
+#include <cmath>
 #include <numeric>
 #include <string>
 #include <tuple>
@@ -31,7 +32,6 @@ protected:
     void SetUp() override {
         preset_ = std::get<0>(GetParam());
         const Dims dims = std::get<1>(GetParam());
-        if (preset_.needs_square && dims.key != dims.value) GTEST_SKIP() << "vector memory needs K = V";
         LayerOptions o;
         o.heads = dims.heads;
         o.key_dim = dims.key;
@@ -160,6 +160,22 @@ TEST_P(LayerProperty, BatchOfTwoEqualsTwoBatchesOfOne) {
     EXPECT_LE(max_rel_diff(both_second, second), 1e-14);
 }
 
+// Each sequence keeps its own initial state: a batch of two with different states equals two
+// batches of one, each with its own slice of the state.
+TEST_P(LayerProperty, BatchWithDifferentStatesEqualsSeparateRuns) {
+    auto state = layer().initial_state(2, true);
+    layer().forward(as_inputs(inputs(2, 3, 12)), *state);
+    const TensorMap<double> warm = layer().save_state(*state);
+    const auto in = inputs(2, kT, 13);
+    const Tensor<double> both = model_->run(in, &warm);
+    for (Index b = 0; b < 2; ++b) {
+        const TensorMap<double> own_state = batch_slice(warm, b, b + 1);
+        const Tensor<double> alone = model_->run(batch_slice(in, b, b + 1), &own_state);
+        const TensorMap<double> both_map{{"o", both}};
+        EXPECT_LE(max_rel_diff(batch_slice(both_map, b, b + 1).at("o"), alone), 1e-14) << "sequence " << b;
+    }
+}
+
 TEST_P(LayerProperty, EmptySequenceKeepsState) {
     const Index B = 2;
     auto state = layer().initial_state(B, true);
@@ -205,16 +221,100 @@ TEST_P(LayerProperty, StateSizeFollowsFormula) {
     EXPECT_EQ(layer().state_size_per_head(), saved);
 }
 
+/// Returns every preset with every head shape it accepts (the vector memory needs K = V).
+std::vector<Param> params() {
+    const std::vector<Dims> shapes{{2, 3, 2}, {1, 1, 1}, {3, 3, 3}, {2, 1, 4}};
+    std::vector<Param> all;
+    for (const Preset& preset : all_presets()) {
+        for (const Dims& dims : shapes) {
+            if (!preset.needs_square || dims.key == dims.value) all.emplace_back(preset, dims);
+        }
+    }
+    return all;
+}
+
+void PrintTo(const Dims& d, std::ostream* out) { *out << "H=" << d.heads << " K=" << d.key << " V=" << d.value; }
+
 std::string param_name(const ::testing::TestParamInfo<Param>& info) {
     const Dims d = std::get<1>(info.param);
     return std::get<0>(info.param).name + "_h" + std::to_string(d.heads) + "k" + std::to_string(d.key) + "v" +
            std::to_string(d.value);
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, LayerProperty,
-                         ::testing::Combine(::testing::ValuesIn(all_presets()),
-                                            ::testing::Values(Dims{2, 3, 2}, Dims{1, 1, 1}, Dims{3, 3, 3},
-                                                              Dims{2, 1, 4})),
-                         param_name);
+INSTANTIATE_TEST_SUITE_P(Presets, LayerProperty, ::testing::ValuesIn(params()), param_name);
+
+LayerOptions square_options() {
+    LayerOptions o;
+    o.heads = 2;
+    o.key_dim = 3;
+    o.value_dim = 3;
+    return o;
+}
+
+/// Returns the presets that take a per-token log-gate g.
+std::vector<Preset> gated_presets() {
+    std::vector<Preset> gated;
+    for (const Preset& preset : all_presets()) {
+        for (const GateSpec& spec : preset.make(square_options())->any().gates()) {
+            if (spec.name == "g" && spec.config.per_token) {
+                gated.push_back(preset);
+                break;
+            }
+        }
+    }
+    return gated;
+}
+
+class GateExtremes : public ::testing::TestWithParam<Preset> {};
+
+// Log-gates of -50 and -1e4 on every token keep the outputs finite.
+TEST_P(GateExtremes, VeryNegativeLogGatesStayFinite) {
+    const auto model = GetParam().make(square_options());
+    const AnyLayer& layer = model->any();
+    for (double g : {-50.0, -1e4}) {
+        TensorMap<double> in = random_inputs(layer.dims(), layer.gates(), 1, kT, 14);
+        for (double& x : in.at("g").values()) x = g;
+        finish_inputs(GetParam(), in);
+        const Tensor<double> out = model->run(in);
+        bool finite = true;
+        for (double x : out.values()) finite = finite && std::isfinite(x);
+        EXPECT_TRUE(finite) << "g = " << g;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, GateExtremes, ::testing::ValuesIn(gated_presets()), preset_name);
+
+/// Runs a layer on the inputs in double from the zero state.
+template <class L>
+Tensor<double> forward(const L& layer, const TensorMap<double>& in) {
+    return layer.forward(as_inputs(in));
+}
+
+// A log-gate of exactly 0 makes a gated rule equal its ungated twin.
+TEST(ZeroLogGate, GatedDeltaNetEqualsDeltaNet) {
+    LayerOptions o;
+    o.heads = 2;
+    o.key_dim = 3;
+    o.value_dim = 2;
+    const auto gated = presets::gated_deltanet(o);
+    TensorMap<double> in = random_inputs(gated.dims(), gated.gates(), 2, kT, 15);
+    for (double& x : in.at("g").values()) x = 0.0;
+    TensorMap<double> ungated = in;
+    ungated.erase("g");
+    EXPECT_LE(max_rel_diff(forward(gated, in), forward(presets::deltanet(o), ungated)), 1e-15);
+}
+
+TEST(ZeroLogGate, Mamba2EqualsLinearAttention) {
+    LayerOptions o;
+    o.heads = 2;
+    o.key_dim = 3;
+    o.value_dim = 2;
+    const auto gated = presets::mamba2(o);
+    TensorMap<double> in = random_inputs(gated.dims(), gated.gates(), 2, kT, 16);
+    for (double& x : in.at("g").values()) x = 0.0;
+    TensorMap<double> ungated = in;
+    ungated.erase("g");
+    EXPECT_LE(max_rel_diff(forward(gated, in), forward(presets::linear_attention(o), ungated)), 1e-15);
+}
 
 }  // namespace

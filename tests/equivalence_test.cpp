@@ -122,6 +122,42 @@ TYPED_TEST(Equivalence, StrongFixedHeadDecayIsPowerWeighting) {
     EXPECT_LE(max_rel_diff(run<TypeParam>(layer, in), ref), tolerance<TypeParam>());
 }
 
+// E1 with Lightning attention's fixed decay g_h = -(8 / H)(1 - l / L) h, for layer l = 1 of L = 3.
+TYPED_TEST(Equivalence, LightningDecayIsPowerWeighting) {
+    const auto layer = presets::lightning_attention(options(), 1, 3);
+    const auto in = inputs_for(layer, 15);
+    const auto ref = quadratic_form(in, kScale, [](Index, Index h, Index t, Index u) {
+        const double g = -(8.0 / kH) * (1.0 - 1.0 / 3.0) * static_cast<double>(h);
+        return std::exp(g * static_cast<double>(t - u));
+    });
+    EXPECT_LE(max_rel_diff(run<TypeParam>(layer, in), ref), tolerance<TypeParam>());
+}
+
+// E1 with a per-token, per-key-channel decay (GLA): the weight of channel j is
+// prod_{r=u+1}^{t} exp(g_{r,j}), so o_t = s sum_u v_u sum_j q_{t,j} k_{u,j} prod_r exp(g_{r,j}).
+TYPED_TEST(Equivalence, KeyChannelDecayIsGla) {
+    const auto layer = presets::gla(options());
+    const auto in = inputs_for(layer, 16);
+    const Tensor<double>& q = in.at("q");
+    const Tensor<double>& k = in.at("k");
+    const Tensor<double>& v = in.at("v");
+    const Tensor<double>& g = in.at("g");
+    Tensor<double> ref({kB, kT, kH, kV});
+    for (Index b = 0; b < kB; ++b)
+        for (Index t = 0; t < kT; ++t)
+            for (Index h = 0; h < kH; ++h)
+                for (Index u = 0; u <= t; ++u) {
+                    double a = 0.0;
+                    for (Index j = 0; j < kK; ++j) {
+                        double product = 1.0;
+                        for (Index r = u + 1; r <= t; ++r) product *= std::exp(at(g, b, r, h, j));
+                        a += at(q, b, t, h, j) * at(k, b, u, h, j) * product;
+                    }
+                    for (Index c = 0; c < kV; ++c) out_at(ref, b, t, h, c) += kScale * a * at(v, b, u, h, c);
+                }
+    EXPECT_LE(max_rel_diff(run<TypeParam>(layer, in), ref), tolerance<TypeParam>());
+}
+
 // E1 with a per-token scalar decay: Mamba2's weight prod_{r=u+1}^{t} exp(g_r).
 TYPED_TEST(Equivalence, TokenScalarDecayIsMamba2) {
     const auto layer = presets::mamba2(options());

@@ -87,9 +87,11 @@ TEST_P(FeatureMapDerivative, VjpMatchesFiniteDifference) {
     EXPECT_LE(max_abs_diff(dx, numeric_gradient<VecD>(f, x)), kTolerance);
 }
 
-TEST_P(FeatureMapDerivative, CoefficientGradientMatchesFiniteDifference) {
+/// The polynomial maps, which also have coefficients and a kernel identity.
+class PolynomialMap : public FeatureMapDerivative {};
+
+TEST_P(PolynomialMap, CoefficientGradientMatchesFiniteDifference) {
     const FeatureMap& map = GetParam().map;
-    if (map.kind != FeatureKind::polynomial) GTEST_SKIP() << "only the polynomial map has coefficients";
     Random random(2);
     const VecD x = random_vector(random, kKeyDim);
     const VecD dout = random_vector(random, map.output_dim(kKeyDim));
@@ -108,9 +110,8 @@ TEST_P(FeatureMapDerivative, CoefficientGradientMatchesFiniteDifference) {
 }
 
 // phi(q) . phi(k) = sum_i a_i (q . k)^i, the truncated Taylor kernel.
-TEST_P(FeatureMapDerivative, PolynomialKernelIdentity) {
+TEST_P(PolynomialMap, KernelIdentity) {
     const FeatureMap& map = GetParam().map;
-    if (map.kind != FeatureKind::polynomial) GTEST_SKIP() << "the kernel identity is for the polynomial map";
     Random random(3);
     const VecD q = random_vector(random, kKeyDim), k = random_vector(random, kKeyDim);
     VecD phi_q, phi_k;
@@ -124,14 +125,20 @@ TEST_P(FeatureMapDerivative, PolynomialKernelIdentity) {
     EXPECT_EQ(map.output_dim(kKeyDim), dim);
 }
 
+std::string case_name(const ::testing::TestParamInfo<FeatureCase>& info) { return info.param.name; }
+
+const std::vector<FeatureCase> kPolynomialMaps{
+    {"polynomial2", FeatureMap::polynomial(2)},
+    {"polynomial3", FeatureMap::polynomial(3)},
+    {"polynomial3_custom", FeatureMap{FeatureKind::polynomial, {0.5, 1.2, 0.7, 0.3}}},
+};
+
 INSTANTIATE_TEST_SUITE_P(Maps, FeatureMapDerivative,
                          ::testing::Values(FeatureCase{"identity", FeatureMap::identity()},
-                                           FeatureCase{"elu_plus_one", FeatureMap::elu_plus_one()},
-                                           FeatureCase{"polynomial2", FeatureMap::polynomial(2)},
-                                           FeatureCase{"polynomial3", FeatureMap::polynomial(3)},
-                                           FeatureCase{"polynomial3_custom",
-                                                       FeatureMap{FeatureKind::polynomial, {0.5, 1.2, 0.7, 0.3}}}),
-                         [](const ::testing::TestParamInfo<FeatureCase>& info) { return info.param.name; });
+                                           FeatureCase{"elu_plus_one", FeatureMap::elu_plus_one()}, kPolynomialMaps[0],
+                                           kPolynomialMaps[1], kPolynomialMaps[2]),
+                         case_name);
+INSTANTIATE_TEST_SUITE_P(Maps, PolynomialMap, ::testing::ValuesIn(kPolynomialMaps), case_name);
 
 /// Parameter sizes of a memory: W [V, D] for the matrix, and w [1, V] with D = V for the vector.
 template <class M>

@@ -40,7 +40,9 @@ public:
     Index rank() const { return static_cast<Index>(shape_.size()); }
     Index dim(Index axis) const { return shape_[static_cast<std::size_t>(axis)]; }
     Index size() const { return element_count(shape_); }
-    bool empty() const { return data_ == nullptr; }
+    /// True when the view has no data to read. A tensor with a zero extent (for example T = 0
+    /// tokens) has no elements, so it is a present view even without storage.
+    bool empty() const { return data_ == nullptr && size() != 0; }
 
 private:
     const S* data_ = nullptr;

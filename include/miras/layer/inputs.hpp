@@ -51,13 +51,13 @@ inline std::string position_string(const Shape& shape, Index flat, const char* l
 }
 
 template <class S>
-void check_finite(const TensorView<S>& tensor, const std::string& name, const char* letters) {
+void check_finite(const TensorView<S>& tensor, const std::string& description, const char* letters) {
     for (Index i = 0; i < tensor.size(); ++i) {
         double x = value_of(tensor.data()[i]);
         if (!std::isfinite(x)) {
             std::ostringstream out;
-            out << "input '" << name << "' at " << position_string(tensor.shape(), i, letters) << " is "
-                << x << "; inputs must be finite";
+            out << description << " at " << position_string(tensor.shape(), i, letters) << " is " << x
+                << "; valid is a finite value";
             throw InputError(out.str());
         }
     }
@@ -87,13 +87,16 @@ public:
         const Index H = dims_.heads;
         if (!spec.config.per_token) return bind_fixed(spec, C);
 
+        const Index steps = spec.per_step ? dims_.steps_per_token : 1;
         auto found = inputs_.gates.find(spec.name);
         if (found == inputs_.gates.end() || found->second.empty()) {
+            Shape required = {batch_, tokens_ * steps, H};
+            if (spec.config.axis != Axis::head) required.push_back(C);
             throw InputError("missing per-token input '" + spec.name + "' (" + axis_name(spec.config.axis) +
-                             " axis); the layer declares it as a per-token gate");
+                             " axis); the layer declares it as a per-token gate, so pass a tensor of shape " +
+                             shape_string(required) + " with " + range_description(spec.range));
         }
         const TensorView<S>& tensor = found->second;
-        const Index steps = spec.per_step ? dims_.steps_per_token : 1;
         Shape expected = {batch_, tokens_ * steps, H};
         bool matches = tensor.shape() == expected;
         if (spec.config.axis == Axis::head) {

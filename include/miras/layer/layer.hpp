@@ -144,7 +144,9 @@ public:
     Tensor<S> forward(const Inputs<S>& inputs, State<S>& state) const {
         const auto [B, T] = check_inputs(inputs);
         if (state.batch != B || static_cast<Index>(state.heads.size()) != B * dims_.heads) {
-            throw InputError("state holds " + std::to_string(state.batch) + " sequences, the inputs " + std::to_string(B));
+            throw InputError("state contains " + std::to_string(state.batch) + " sequences but the inputs have B = " +
+                             std::to_string(B) + "; valid is a state made by initial_state(" + std::to_string(B) +
+                             ") or loaded from tensors [" + std::to_string(B) + ", H, rows, cols]");
         }
         GateBinder<S> binder(inputs, dims_, B, T);
         const auto retention_gates = retention_.bind(binder);
@@ -231,7 +233,8 @@ public:
         return tensors;
     }
 
-    /// Builds a state from named tensors [B, H, rows, cols], checking every shape.
+    /// Builds a state from named tensors [B, H, rows, cols], checking every shape and that every
+    /// value is finite.
     template <class S>
     State<S> load_state(const std::map<std::string, Tensor<S>>& tensors) const {
         if (tensors.empty()) throw InputError("state has no tensors");
@@ -243,6 +246,7 @@ public:
                                  ", expected [B, H, rows, cols] with B = " + std::to_string(B) + " and H = " +
                                  std::to_string(H));
             }
+            detail::check_finite(tensor.view(), "state tensor '" + name + "'", "bhij");
         }
         State<S> state = initial_state<S>(B);
         for (Index b = 0; b < B; ++b) {
@@ -287,9 +291,9 @@ private:
         expect(inputs.q, "q", {B, T, H, K}, "[B, T, H, K]");
         expect(inputs.k, "k", {B, T * n, H, K}, n == 1 ? "[B, T, H, K]" : "[B, T * n, H, K] with n pairs per token");
         expect(inputs.v, "v", {B, T * n, H, V}, n == 1 ? "[B, T, H, V]" : "[B, T * n, H, V] with n pairs per token");
-        detail::check_finite(inputs.q, "q", "bthc");
-        detail::check_finite(inputs.k, "k", "bthc");
-        detail::check_finite(inputs.v, "v", "bthc");
+        detail::check_finite(inputs.q, "input 'q'", "bthc");
+        detail::check_finite(inputs.k, "input 'k'", "bthc");
+        detail::check_finite(inputs.v, "input 'v'", "bthc");
         return {B, T};
     }
 

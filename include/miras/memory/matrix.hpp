@@ -64,6 +64,27 @@ struct MatrixMemory {
         }
     }
 
+    /// Computes the vector-Jacobian product of decay. With D = decay(W, g) and dD = dl/dD, it sets
+    /// dW = exp(g) * dD and dg_j = exp(g_j) times the sum of W * dD over the entries that g_j scales
+    /// (one entry of dg for a scalar gate, else one per key or value channel).
+    template <class S>
+    void decay_vjp(const Params<S>& W, const GateValues<S>& g, Axis axis, const Params<S>& dD, Params<S>& dW,
+                   Vec<S>& dg) const {
+        dW = dD;
+        decay(dW, g, axis);
+        const Params<S> product = W.cwiseProduct(dD);
+        if (g.scalar()) {
+            dg.resize(1);
+            dg[0] = math::exp(g[0]) * product.sum();
+        } else if (axis == Axis::key) {
+            dg.resize(W.cols());
+            for (Index j = 0; j < W.cols(); ++j) dg[j] = math::exp(g[j]) * product.col(j).sum();
+        } else {
+            dg.resize(W.rows());
+            for (Index i = 0; i < W.rows(); ++i) dg[i] = math::exp(g[i]) * product.row(i).sum();
+        }
+    }
+
     template <class S>
     void save(const Params<S>& W, NamedMatrices<S>& out) const {
         out["W"] = W;

@@ -64,6 +64,22 @@ struct VectorMemory {
         }
     }
 
+    /// Computes the vector-Jacobian product of decay. With d = decay(w, g) and dd = dl/dd, it sets
+    /// dw = exp(g) * dd and dg = dl/dg, one entry for a scalar gate, else dg_i = exp(g_i) w_i dd_i.
+    template <class S>
+    void decay_vjp(const Params<S>& w, const GateValues<S>& g, Axis axis, const Params<S>& dd, Params<S>& dw,
+                   Vec<S>& dg) const {
+        dw = dd;
+        decay(dw, g, axis);
+        if (g.scalar()) {
+            dg.resize(1);
+            dg[0] = math::exp(g[0]) * w.cwiseProduct(dd).sum();
+        } else {
+            dg.resize(w.cols());
+            for (Index i = 0; i < w.cols(); ++i) dg[i] = math::exp(g[i]) * w(0, i) * dd(0, i);
+        }
+    }
+
     template <class S>
     void save(const Params<S>& w, NamedMatrices<S>& out) const {
         out["w"] = w;

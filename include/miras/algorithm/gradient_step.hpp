@@ -52,7 +52,7 @@ struct GradientStep {
         } else {
             ctx.memory.predict(W, ctx.x, scratch.y);
         }
-        ctx.bias.gradient(scratch.y, ctx.v, scratch.dy);
+        ctx.loss_gradient(scratch.y, scratch.dy);
 
         if (!ctx.decay_first()) ctx.retain(W);
 

@@ -24,6 +24,16 @@ namespace miras {
 
 enum class ReadTiming { after_write, before_write };
 
+namespace detail {
+/// An algorithm whose state holds memory parameters (start weights, momentum) declares
+/// StateFor<Memory, S>; the others declare State<S>.
+template <class Algorithm, class Memory, class S>
+struct algorithm_state { using type = typename Algorithm::template State<S>; };
+template <class Algorithm, class Memory, class S>
+    requires requires { typename Algorithm::template StateFor<Memory, S>; }
+struct algorithm_state<Algorithm, Memory, S> { using type = typename Algorithm::template StateFor<Memory, S>; };
+}  // namespace detail
+
 struct LayerOptions {
     Index heads = 1;
     Index key_dim = 1;
@@ -49,6 +59,8 @@ class Layer {
                   "the implicit, least_squares and generalized_delta algorithms have closed forms only for the matrix memory");
     static_assert(Rules::algorithm_supports_bias,
                   "the least_squares, generalized_delta and nonparametric algorithms solve the l2 regression, so they need the l2 bias");
+    static_assert(Rules::deep_memory_has_gradient_algorithm,
+                  "the mlp memory is trained only by the minibatch_gd and momentum algorithms, which take its gradient at stored weights");
 
 public:
     using memory_type = Memory;
@@ -59,7 +71,7 @@ public:
     template <class S>
     struct HeadState {
         typename Memory::template Params<S> memory;
-        typename Algorithm::template State<S> algorithm;
+        typename detail::algorithm_state<Algorithm, Memory, S>::type algorithm;
     };
 
     /// The state of B sequences: one HeadState per (b, h), b-major.
@@ -92,6 +104,7 @@ public:
                 if (retention_.gate.axis != Axis::head) throw ConfigError("least_squares needs a per-head decay");
             }
         }
+        if constexpr (requires { algorithm_.check_retention(retention_); }) algorithm_.check_retention(retention_);
         if constexpr (!Memory::parametric) {
             if constexpr (requires { retention_.gate; }) {
                 if (retention_.gate.axis != Axis::head) throw ConfigError("the kv_cache memory needs a per-head decay");
@@ -114,6 +127,9 @@ public:
     std::vector<GateSpec> gates() const {
         std::vector<GateSpec> all = retention_.gates();
         for (auto& spec : algorithm_.gates(dims_)) all.push_back(spec);
+        if constexpr (requires { bias_.gates(); }) {
+            for (auto& spec : bias_.gates()) all.push_back(spec);
+        }
         return all;
     }
 
@@ -124,8 +140,25 @@ public:
     State<S> initial_state(Index batch) const {
         State<S> state;
         state.batch = batch;
-        HeadState<S> zero{memory_.template zero_params<S>(dims_), algorithm_.template init_state<S>(dims_)};
-        state.heads.assign(static_cast<std::size_t>(batch * dims_.heads), zero);
+        for (Index b = 0; b < batch; ++b) {
+            for (Index h = 0; h < dims_.heads; ++h) {
+                auto memory = [&] {
+                    if constexpr (requires { memory_.template init_params<S>(dims_, h); }) {
+                        return memory_.template init_params<S>(dims_, h);
+                    } else {
+                        return memory_.template zero_params<S>(dims_);
+                    }
+                }();
+                auto algorithm = [&] {
+                    if constexpr (requires { algorithm_.template init_state<S>(dims_, memory_, memory); }) {
+                        return algorithm_.template init_state<S>(dims_, memory_, memory);
+                    } else {
+                        return algorithm_.template init_state<S>(dims_);
+                    }
+                }();
+                state.heads.push_back(HeadState<S>{std::move(memory), std::move(algorithm)});
+            }
+        }
         return state;
     }
 
@@ -140,6 +173,10 @@ public:
         GateBinder<S> binder(inputs, dims_, B, T);
         const auto retention_gates = retention_.bind(binder);
         const auto algorithm_gates = algorithm_.bind(binder, dims_);
+        const auto bias_gates = [&] {
+            if constexpr (requires { bias_.bind(binder); }) return bias_.bind(binder);
+            else return NoBiasGates{};
+        }();
 
         const Index H = dims_.heads, K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
         const S scale = S(query_scale());
@@ -160,7 +197,7 @@ public:
                         const S* v = inputs.v.data() + ((b * T * n + step) * H + h) * V;
                         memory_.map(k, K, x);
                         WriteContext<Memory, Bias, Retention, S> ctx{memory_, bias_, retention_, retention_gates, dims_,
-                                                                     b, h, t, step, i == 0, k, v, x};
+                                                                     b, h, t, step, i == 0, k, v, x, &bias_gates};
                         algorithm_.write(ctx, head.memory, head.algorithm, algorithm_gates, scratch);
                     }
                     if (options_.read == ReadTiming::after_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
@@ -187,7 +224,11 @@ public:
                 const HeadState<S>& head = state.heads[static_cast<std::size_t>(b * H + h)];
                 NamedMatrices<S> parts;
                 memory_.save(head.memory, parts);
-                algorithm_.save(head.algorithm, parts);
+                if constexpr (requires { algorithm_.save(memory_, head.algorithm, parts); }) {
+                    algorithm_.save(memory_, head.algorithm, parts);
+                } else {
+                    algorithm_.save(head.algorithm, parts);
+                }
                 for (auto& [name, m] : parts) {
                     auto [it, inserted] = tensors.try_emplace(name, Shape{state.batch, H, m.rows(), m.cols()});
                     Tensor<S>& tensor = it->second;
@@ -233,7 +274,11 @@ public:
                 }
                 HeadState<S>& head = state.heads[static_cast<std::size_t>(b * H + h)];
                 memory_.load(head.memory, parts, dims_);
-                algorithm_.load(head.algorithm, parts, dims_);
+                if constexpr (requires { algorithm_.load(memory_, head.algorithm, parts, dims_); }) {
+                    algorithm_.load(memory_, head.algorithm, parts, dims_);
+                } else {
+                    algorithm_.load(head.algorithm, parts, dims_);
+                }
             }
         }
         return state;

@@ -1,0 +1,43 @@
+// Pieces shared by the deep-memory algorithms: the read through a memory's retrieve map, the
+// parameter gradient of one written pair, and its optional clipping to a norm (inner gradient
+// clipping: g <- g min(1, c / ||g||), the norm over every trained parameter).
+#pragma once
+
+#include <cmath>
+#include <string>
+
+#include "miras/algorithm/context.hpp"
+#include "miras/core/error.hpp"
+#include "miras/memory/param_ops.hpp"
+
+namespace miras {
+
+/// y = the memory's read at x: retrieve when the memory reads differently from its trained map.
+template <class Memory, class Params, class S>
+void memory_read(const Memory& memory, const Params& W, const Vec<S>& x, Vec<S>& y) {
+    if constexpr (requires { memory.retrieve(W, x, y); }) memory.retrieve(W, x, y);
+    else memory.predict(W, x, y);
+}
+
+inline void check_clip_norm(double clip_norm) {
+    if (!(clip_norm >= 0.0) || !std::isfinite(clip_norm)) {
+        throw ConfigError("gradient clip norm " + std::to_string(clip_norm) + " is invalid; valid is 0 (off) or a finite value > 0");
+    }
+}
+
+/// grad = the gradient of the bias loss of the context's pair at the parameters `at`, clipped to
+/// clip_norm when clip_norm > 0. grad must have the shape of `at`; it is overwritten.
+template <class Ctx, class Params, class S>
+void pair_gradient(const Ctx& ctx, const Params& at, Params& grad, double clip_norm, Scratch<S>& scratch) {
+    ctx.memory.predict(at, ctx.x, scratch.y);
+    ctx.loss_gradient(scratch.y, scratch.dy);
+    params_set_zero(grad);
+    add_memory_gradient(ctx.memory, at, grad, S(1), scratch.dy, ctx.x);
+    if (clip_norm > 0.0) {
+        using std::sqrt;
+        const S norm = sqrt(params_squared_norm(grad));
+        if (norm > S(clip_norm)) params_scale(grad, S(clip_norm) / norm);
+    }
+}
+
+}  // namespace miras

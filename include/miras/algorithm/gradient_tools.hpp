@@ -9,6 +9,7 @@
 #include "miras/algorithm/context.hpp"
 #include "miras/core/error.hpp"
 #include "miras/memory/param_ops.hpp"
+#include "miras/memory/state_io.hpp"
 
 namespace miras {
 
@@ -38,6 +39,25 @@ void pair_gradient(const Ctx& ctx, const Params& at, Params& grad, double clip_n
         const S norm = sqrt(params_squared_norm(grad));
         if (norm > S(clip_norm)) params_scale(grad, S(clip_norm) / norm);
     }
+}
+
+/// Saves the memory parameters p with every name prefixed (for example "start.W1").
+template <class Memory, class Params, class S>
+void save_prefixed(const Memory& memory, const Params& p, const std::string& prefix, NamedMatrices<S>& out) {
+    NamedMatrices<S> parts;
+    memory.save(p, parts);
+    for (auto& [name, m] : parts) out[prefix + name] = std::move(m);
+}
+
+/// Loads the memory parameters p from the matrices whose names start with prefix.
+template <class Memory, class Params, class S>
+void load_prefixed(const Memory& memory, Params& p, const std::string& prefix, const NamedMatrices<S>& in,
+                   const LayerDims& dims) {
+    NamedMatrices<S> parts;
+    for (const auto& [name, m] : in) {
+        if (name.rfind(prefix, 0) == 0) parts.emplace(name.substr(prefix.size()), m);
+    }
+    memory.load(p, parts, dims);
 }
 
 }  // namespace miras

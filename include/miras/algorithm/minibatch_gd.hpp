@@ -132,24 +132,6 @@ struct MiniBatchGD {
         load_prefixed(memory, state.start, "start.", in, dims);
         load_prefixed(memory, state.sum, "sum.", in, dims);
     }
-
-private:
-    template <class Memory, class Params, class S>
-    static void save_prefixed(const Memory& memory, const Params& p, const std::string& prefix, NamedMatrices<S>& out) {
-        NamedMatrices<S> parts;
-        memory.save(p, parts);
-        for (auto& [name, m] : parts) out[prefix + name] = std::move(m);
-    }
-
-    template <class Memory, class Params, class S>
-    static void load_prefixed(const Memory& memory, Params& p, const std::string& prefix, const NamedMatrices<S>& in,
-                              const LayerDims& dims) {
-        NamedMatrices<S> parts;
-        for (const auto& [name, m] : in) {
-            if (name.rfind(prefix, 0) == 0) parts.emplace(name.substr(prefix.size()), m);
-        }
-        memory.load(p, parts, dims);
-    }
 };
 
 }  // namespace miras

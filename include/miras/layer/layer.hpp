@@ -99,6 +99,7 @@ public:
         dims_.steps_per_token = options_.steps_per_token;
         memory_.validate(dims_);
         if constexpr (requires { algorithm_.validate(); }) algorithm_.validate();
+        if constexpr (requires { bias_.validate(); }) bias_.validate();
         if constexpr (std::is_same_v<Algorithm, LeastSquares>) {
             if constexpr (requires { retention_.gate; }) {
                 if (retention_.gate.axis != Axis::head) throw ConfigError("least_squares needs a per-head decay");

@@ -43,6 +43,13 @@ struct WriteContext {
     void retain(Params& W) const {
         if (first_step) retention.apply(memory, W, retention_gates, b, t, h);
     }
+    /// Maps the memory back after the step (nonlinear retentions: softmax, sigmoid, ...).
+    template <class Params>
+    void finish(Params& W) const {
+        if constexpr (requires { retention.finish(memory, W, retention_gates, b, t, h); }) {
+            if (first_step) retention.finish(memory, W, retention_gates, b, t, h);
+        }
+    }
     bool decay_first() const { return retention.placement == Placement::decay_then_gradient; }
 };
 

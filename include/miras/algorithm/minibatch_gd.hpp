@@ -87,6 +87,7 @@ struct MiniBatchGD {
             case MiniBatchRate::per_token:
                 if (!ctx.decay_first()) ctx.retain(W);
                 params_axpy(W, -eta, state.grad);
+                ctx.finish(W);
                 break;
             case MiniBatchRate::query_token:
                 params_axpy(state.sum, S(1), state.grad);

@@ -26,6 +26,7 @@ struct Momentum {
     Index window = 1;                                               // c of the Omega rule
     GateConfig window_weight = GateConfig::constant(1.0);           // gamma
     int newton_schulz_steps = 0;                                    // k; 0 = Titans form
+    bool use_momentum = true;                                       // false: S_t = -eta_t G_t (theta unused)
     double clip_norm = 0.0;                                         // clips G_t, 0 = off
 
     void validate() const {
@@ -91,7 +92,7 @@ struct Momentum {
         }
 
         const S eta = bound.eta.at(ctx.b, ctx.step, ctx.h)[0];
-        const S theta = math::exp(bound.theta.at(ctx.b, ctx.step, ctx.h)[0]);
+        const S theta = use_momentum ? math::exp(bound.theta.at(ctx.b, ctx.step, ctx.h)[0]) : S(0);
         params_scale(state.momentum, theta);
         if (!ctx.decay_first()) ctx.retain(W);
         if (newton_schulz_steps == 0) {
@@ -103,6 +104,7 @@ struct Momentum {
             params_for_each(state.pair, [&](auto& m) { m = newton_schulz(Mat<S>(m), newton_schulz_steps); });
             params_axpy(W, -eta, state.pair);
         }
+        ctx.finish(W);
 
         if (window > 1) remember(ctx, state, gamma);
         state.position = (state.position + 1) % minibatch_size;

@@ -61,6 +61,8 @@ class Layer {
                   "the least_squares, generalized_delta and nonparametric algorithms solve the l2 regression, so they need the l2 bias");
     static_assert(Rules::deep_memory_has_gradient_algorithm,
                   "the mlp memory is trained only by the minibatch_gd and momentum algorithms, which take its gradient at stored weights");
+    static_assert(Rules::retention_finished_by_algorithm,
+                  "the mirror retention maps the memory back after each step, which only the gd, minibatch_gd and momentum algorithms do");
 
 public:
     using memory_type = Memory;
@@ -100,6 +102,7 @@ public:
         memory_.validate(dims_);
         if constexpr (requires { algorithm_.validate(); }) algorithm_.validate();
         if constexpr (requires { bias_.validate(); }) bias_.validate();
+        if constexpr (requires { retention_.validate(); }) retention_.validate();
         if constexpr (std::is_same_v<Algorithm, LeastSquares>) {
             if constexpr (requires { retention_.gate; }) {
                 if (retention_.gate.axis != Axis::head) throw ConfigError("least_squares needs a per-head decay");

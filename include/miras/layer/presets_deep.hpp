@@ -9,9 +9,14 @@
 #include <vector>
 
 #include "miras/algorithm/minibatch_gd.hpp"
+#include "miras/algorithm/momentum.hpp"
+#include "miras/bias/huber.hpp"
 #include "miras/bias/l2.hpp"
+#include "miras/bias/lp.hpp"
 #include "miras/layer/layer.hpp"
 #include "miras/memory/mlp.hpp"
+#include "miras/retention/decay.hpp"
+#include "miras/retention/mirror.hpp"
 #include "miras/retention/none.hpp"
 
 namespace miras::presets {
@@ -73,6 +78,94 @@ inline Ttt ttt_linear_fla(LayerOptions options, Index minibatch_size, std::vecto
     memory.read_adds_branch = true;
     MiniBatchGD algorithm{minibatch_size, GateConfig::input(Axis::head), MiniBatchRate::query_token};
     return Ttt(options, memory, {}, {}, algorithm);
+}
+
+using Titans = Layer<MlpMemory, L2Bias, DecayRetention, Momentum>;
+using Moneta = Layer<MlpMemory, LpBias, MirrorRetention, MiniBatchGD>;
+using Yaad = Layer<MlpMemory, HuberBias, DecayRetention, MiniBatchGD>;
+using Memora = Layer<MlpMemory, L2Bias, MirrorRetention, MiniBatchGD>;
+using OmegaNet = Layer<MlpMemory, L2Bias, DecayRetention, Momentum>;
+using Atlas = Layer<MlpMemory, L2Bias, DecayRetention, Momentum>;
+
+/// The Miras/Atlas deep memory: 2 layers, expansion 4, GELU, residual, M(x) = x + N(W2 s(W1 x)),
+/// with a LayerNorm N without affine parameters when `normalized` (Moneta, Yaad, Memora).
+inline MlpMemory miras_memory(bool normalized, MlpInit init = {}) {
+    MlpMemory m;
+    m.depth = 2;
+    m.expansion = 4.0;
+    m.activation = Activation::gelu;
+    m.residual = true;
+    m.norm = normalized ? MlpNorm::plain : MlpNorm::none;
+    m.init = init;
+    return m;
+}
+
+inline GateConfig per_token() { return GateConfig::input(Axis::head); }
+inline DecayRetention forget_gate() { return DecayRetention{per_token(), Placement::gradient_then_decay}; }
+inline MiniBatchGD online_gd(Index minibatch_size = 1) { return MiniBatchGD{minibatch_size, per_token()}; }
+
+/// Titans (LMM): S_t = theta_t S_{t-1} - eta_t grad, W_t = exp(g_t) W_{t-1} + S_t, gradient at
+/// W_{t-1} (or at the chunk start for minibatch_size > 1); the l2 loss here has the 1/2, so Titans'
+/// step is eta / 2. The memory is x + W2 s(W1 x) of `depth` layers.
+inline Titans titans(LayerOptions options, Index depth = 2, Index minibatch_size = 1, MlpInit init = {}) {
+    MlpMemory memory = miras_memory(false, init);
+    memory.depth = depth;
+    Momentum algorithm{per_token(), per_token()};
+    algorithm.minibatch_size = minibatch_size;
+    return Titans(options, memory, {}, forget_gate(), algorithm);
+}
+
+/// (p, q)-Moneta, (3, 4) by default: l_p bias, A_t = alpha_t A_{t-1} - eta_t grad l_p,
+/// W_t = A_t / ||A_t||_q^{q-2} per weight matrix, memory x + LN(W2 s(W1 x)).
+inline Moneta moneta(LayerOptions options, double p = 3.0, double q = 4.0, MlpInit init = {}) {
+    MirrorRetention retention{MirrorKind::lq, per_token()};
+    retention.q = q;
+    return Moneta(options, miras_memory(true, init), LpBias{p}, retention, online_gd());
+}
+
+/// Yaad: the Huber mixture (l2 below delta_t, delta_t l1 above) with a per-token delta and the
+/// forget gate of Titans: W_t = alpha_t W_{t-1} - eta_t grad.
+inline Yaad yaad(LayerOptions options, MlpInit init = {}) {
+    return Yaad(options, miras_memory(true, init), HuberBias{HuberKind::mixture, per_token()}, forget_gate(), online_gd());
+}
+
+/// Memora: W_t = Softmax(alpha_t log W_{t-1} - eta_t grad l2), softmax over each row of each weight
+/// matrix (and over each bias); the weights start at zero, so the first softmax makes them uniform.
+inline Memora memora(LayerOptions options, SoftmaxDomain domain = SoftmaxDomain::row) {
+    MirrorRetention retention{MirrorKind::kl, per_token()};
+    retention.domain = domain;
+    return Memora(options, miras_memory(true, MlpInit{true}), {}, retention, online_gd());
+}
+
+/// The Atlas deep memory with identity features and a residual, or, for feature_degree > 1,
+/// polynomial features (coefficients 1/i!) and no residual.
+inline MlpMemory atlas_memory(Index feature_degree, MlpInit init) {
+    MlpMemory memory = miras_memory(false, init);
+    if (feature_degree > 1) {
+        memory.features = FeatureMap::polynomial(static_cast<int>(feature_degree));
+        memory.residual = false;
+        memory.expansion = 1.0;
+    }
+    return memory;
+}
+
+/// OmegaNet: W_t = alpha_t W_{t-1} - eta_t sum_{i=t-c+1..t} gamma_i grad l2(W_{t-1}; k_i, v_i),
+/// without momentum; gamma is 1 unless given per token.
+inline OmegaNet omeganet(LayerOptions options, Index window = 4, Index feature_degree = 1, MlpInit init = {}) {
+    Momentum algorithm{per_token()};
+    algorithm.window = window;
+    algorithm.use_momentum = false;
+    return OmegaNet(options, atlas_memory(feature_degree, init), {}, forget_gate(), algorithm);
+}
+
+/// Atlas: S_t = theta_t S_{t-1} + G_t (Omega window c), W_t = alpha_t W_{t-1} - eta_t NS_k(S_t),
+/// with k Newton-Schulz steps per weight matrix.
+inline Atlas atlas(LayerOptions options, Index window = 4, int newton_schulz_steps = 5, Index feature_degree = 1,
+                   MlpInit init = {}) {
+    Momentum algorithm{per_token(), per_token()};
+    algorithm.window = window;
+    algorithm.newton_schulz_steps = newton_schulz_steps;
+    return Atlas(options, atlas_memory(feature_degree, init), {}, forget_gate(), algorithm);
 }
 
 }  // namespace miras::presets

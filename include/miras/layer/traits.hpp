@@ -19,6 +19,7 @@ struct LeastSquares;
 struct GeneralizedDelta;
 struct NonParametric;
 struct MlpMemory;
+struct MirrorRetention;
 struct MiniBatchGD;
 struct Momentum;
 
@@ -39,8 +40,12 @@ struct combination_rules {
     static constexpr bool deep_memory_has_gradient_algorithm =
         !std::is_same_v<Memory, MlpMemory> ||
         std::is_same_v<Algorithm, MiniBatchGD> || std::is_same_v<Algorithm, Momentum>;
+    /// A mirror retention leaves the memory in its dual space until the algorithm finishes the step.
+    static constexpr bool retention_finished_by_algorithm =
+        !std::is_same_v<Retention, MirrorRetention> || std::is_same_v<Algorithm, GradientStep> ||
+        std::is_same_v<Algorithm, MiniBatchGD> || std::is_same_v<Algorithm, Momentum>;
     static constexpr bool valid = memory_matches_algorithm && algorithm_supports_memory && algorithm_supports_bias &&
-                                  deep_memory_has_gradient_algorithm;
+                                  deep_memory_has_gradient_algorithm && retention_finished_by_algorithm;
 };
 
 /// True when Layer<Memory, Bias, Retention, Algorithm> is a meaningful layer.

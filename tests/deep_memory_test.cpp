@@ -17,6 +17,7 @@
 #include "miras/layer/presets.hpp"
 #include "miras/layer/presets_deep.hpp"
 #include "miras/memory/mlp.hpp"
+#include "miras/memory/vector.hpp"
 
 namespace {
 
@@ -184,7 +185,7 @@ INSTANTIATE_TEST_SUITE_P(MemoryBias, DeepGradient, ::testing::ValuesIn(pairs()),
                              return info.param.memory.name + "_" + info.param.bias.name;
                          });
 
-// The matrix memory's gradient dy x^T under every bias, through finite differences of W.
+// The matrix and vector memories' gradients under every bias, through finite differences.
 class MatrixGradient : public ::testing::TestWithParam<NamedBias> {};
 
 TEST_P(MatrixGradient, MatchesCentralDifferences) {
@@ -207,6 +208,29 @@ TEST_P(MatrixGradient, MatchesCentralDifferences) {
         memory.predict(minus, x, ym);
         const double numeric = (bias.loss(yp, v.data()) - bias.loss(ym, v.data())) / 2e-6;
         EXPECT_NEAR(numeric, grad.data()[i], 1e-6 * std::max(1.0, std::abs(numeric))) << bias.name << " entry " << i;
+    }
+}
+
+TEST_P(MatrixGradient, VectorMemoryMatchesCentralDifferences) {
+    const NamedBias& bias = GetParam();
+    VectorMemory memory;
+    Mat<double> w(1, 4);
+    w.row(0) = random_vec(4, 27, 0.7).transpose();
+    const Vec<double> x = random_vec(4, 29), v = random_vec(4, 31, 2.0);
+    Vec<double> y, dy;
+    memory.predict(w, x, y);
+    bias.gradient(y, v.data(), dy);
+    Mat<double> grad = Mat<double>::Zero(1, 4);
+    memory.add_gradient(grad, 1.0, dy, x);
+    for (Index i = 0; i < 4; ++i) {
+        Mat<double> plus = w, minus = w;
+        plus(0, i) += 1e-6;
+        minus(0, i) -= 1e-6;
+        Vec<double> yp, ym;
+        memory.predict(plus, x, yp);
+        memory.predict(minus, x, ym);
+        const double numeric = (bias.loss(yp, v.data()) - bias.loss(ym, v.data())) / 2e-6;
+        EXPECT_NEAR(numeric, grad(0, i), 1e-6 * std::max(1.0, std::abs(numeric))) << bias.name << " entry " << i;
     }
 }
 
@@ -373,6 +397,36 @@ TEST(LpBias, TanhSignApproachesTheExactSign) {
     LpBias{1.0}.gradient(y, v.data(), exact);
     LpBias{1.0, LpSmoothing::tanh_sign, 1e4}.gradient(y, v.data(), smooth);
     EXPECT_LE((exact - smooth).cwiseAbs().maxCoeff(), 1e-9);
+}
+
+// E10: the DeepTransformer rule with a linear memory and the truncated exponential features
+// (degree 3, coefficients 1/i!) is causal attention with the Taylor kernel sum_i v_i P_3(q . k_i).
+TEST(MlpMemory, TaylorFeaturesGiveTheTaylorKernelAttention) {
+    const Index T = 9, K = 3, V = 2;
+    LayerOptions options;
+    options.key_dim = K;
+    options.value_dim = V;
+    options.query_scale = 1.0;
+    MlpMemory linear;
+    linear.depth = 1;
+    linear.residual = false;
+    linear.activation = Activation::identity;
+    linear.features = FeatureMap::polynomial(3);
+    linear.init.zero = true;
+    const Layer<MlpMemory, DotProductBias, NoRetention, MiniBatchGD> layer(options, linear, {}, {}, MiniBatchGD{1});
+    Sequence<double> seq(1, T, 1, K, V, 40, 0.5);
+    const Tensor<double> o = layer.forward(seq.inputs);
+    double worst = 0.0;
+    for (Index t = 0; t < T; ++t) {
+        const Vec<double> q = Eigen::Map<const Vec<double>>(seq.q.data() + t * K, K);
+        Vec<double> expected = Vec<double>::Zero(V);
+        for (Index i = 0; i <= t; ++i) {
+            const double s = q.dot(Eigen::Map<const Vec<double>>(seq.k.data() + i * K, K));
+            expected += (1.0 + s + s * s / 2.0 + s * s * s / 6.0) * Eigen::Map<const Vec<double>>(seq.v.data() + i * V, V);
+        }
+        for (Index c = 0; c < V; ++c) worst = std::max(worst, std::abs(expected[c] - o[t * V + c]));
+    }
+    EXPECT_LE(worst, 1e-12);
 }
 
 }  // namespace

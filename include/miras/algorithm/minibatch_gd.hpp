@@ -3,7 +3,7 @@
 //   per_token     W_i = alpha_i W_{i-1} - eta_i G_i (stepping; b = 1 is the online rule)
 //   query_token   W_i = W0 - eta_i sum_{j<=i} G_j, eta of the query token (flash-linear-attention TTT)
 //   factored      W_i = W0 - f[i] sum_{j<=i} eta_j G_j, f a fixed per-position factor (official TTT)
-// The weights of a head are always W_i, so a read at token i sees them; a partial mini-batch stays
+// The weights of a head are always W_i, so the read at token i uses them. A partial mini-batch stays
 // in the state (W0, the accumulated sum, the position) and a later call resumes it.
 #pragma once
 

@@ -147,7 +147,7 @@ struct Momentum {
         const Mat<S>& gamma = require_matrix(in, "window.gamma", -1, 1);
         const Index n = gamma.rows();
         if (n == 0) return;
-        if (n >= window) throw InputError("state window holds " + std::to_string(n) + " pairs; valid is at most " + std::to_string(window - 1));
+        if (n >= window) throw InputError("state window has " + std::to_string(n) + " pairs; valid is at most " + std::to_string(window - 1));
         state.keys = unstack(require_matrix(in, "window.k", n, dims.key));
         state.values = unstack(require_matrix(in, "window.v", n, dims.value));
         state.features = unstack(require_matrix(in, "window.x", n, dims.key_features));

@@ -25,7 +25,7 @@ namespace miras {
 enum class ReadTiming { after_write, before_write };
 
 namespace detail {
-/// An algorithm whose state holds memory parameters (start weights, momentum) declares
+/// An algorithm whose state contains memory parameters (start weights, momentum) declares
 /// StateFor<Memory, S>; the others declare State<S>.
 template <class Algorithm, class Memory, class S>
 struct algorithm_state { using type = typename Algorithm::template State<S>; };
@@ -45,11 +45,11 @@ struct LayerOptions {
     Index steps_per_token = 1;
 };
 
-/// \tparam Memory     what stores the map from keys to values (MatrixMemory, VectorMemory, KVCacheMemory)
-/// \tparam Bias       the inner loss the memory minimises (DotProductBias, L2Bias)
-/// \tparam Retention  how the previous memory is kept (NoRetention, DecayRetention)
+/// \tparam Memory     what stores the map from keys to values (MatrixMemory, VectorMemory, KVCacheMemory, MlpMemory)
+/// \tparam Bias       the inner loss the memory minimises (DotProductBias, L2Bias, LpBias, HuberBias, ValueShiftBias)
+/// \tparam Retention  how the previous memory is kept (NoRetention, DecayRetention, MirrorRetention)
 /// \tparam Algorithm  how the inner problem is optimised (GradientStep, ImplicitStep, LeastSquares,
-///                    GeneralizedDelta, NonParametric)
+///                    GeneralizedDelta, NonParametric, MiniBatchGD, Momentum)
 template <class Memory, class Bias, class Retention, class Algorithm>
 class Layer {
     using Rules = combination_rules<Memory, Bias, Retention, Algorithm>;
@@ -127,7 +127,7 @@ public:
         return options_.query_scale ? *options_.query_scale : 1.0 / std::sqrt(static_cast<double>(options_.key_dim));
     }
 
-    /// Every gate the layer reads: the retention's, then the algorithm's.
+    /// Lists every gate the layer reads: the retention's, the algorithm's, then the bias's.
     std::vector<GateSpec> gates() const {
         std::vector<GateSpec> all = retention_.gates();
         for (auto& spec : algorithm_.gates(dims_)) all.push_back(spec);

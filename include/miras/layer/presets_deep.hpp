@@ -39,7 +39,7 @@ inline MlpMemory ttt_memory(Index depth, std::vector<double> ln_weight, std::vec
     return m;
 }
 
-/// The official TTT position factor max(0, 1/i + offset_i), i = 1..b (offsets learnable, 0 at init).
+/// Returns the official TTT position factor max(0, 1/i + offset_i), i = 1..b (offsets learnable, 0 at init).
 inline std::vector<double> ttt_token_factor(Index minibatch_size, const std::vector<double>& offsets = {}) {
     std::vector<double> f;
     for (Index i = 1; i <= minibatch_size; ++i) {
@@ -87,7 +87,7 @@ using Memora = Layer<MlpMemory, L2Bias, MirrorRetention, MiniBatchGD>;
 using OmegaNet = Layer<MlpMemory, L2Bias, DecayRetention, Momentum>;
 using Atlas = Layer<MlpMemory, L2Bias, DecayRetention, Momentum>;
 
-/// The Miras/Atlas deep memory: 2 layers, expansion 4, GELU, residual, M(x) = x + N(W2 s(W1 x)),
+/// Builds the Miras/Atlas deep memory: 2 layers, expansion 4, GELU, residual, M(x) = x + N(W2 s(W1 x)),
 /// with a LayerNorm N without affine parameters when `normalized` (Moneta, Yaad, Memora).
 inline MlpMemory miras_memory(bool normalized, MlpInit init = {}) {
     MlpMemory m;
@@ -137,7 +137,7 @@ inline Memora memora(LayerOptions options, SoftmaxDomain domain = SoftmaxDomain:
     return Memora(options, miras_memory(true, MlpInit{true}), {}, retention, online_gd());
 }
 
-/// The Atlas deep memory with identity features and a residual, or, for feature_degree > 1,
+/// Builds the Atlas deep memory with identity features and a residual, or, for feature_degree > 1,
 /// polynomial features (coefficients 1/i!) and no residual.
 inline MlpMemory atlas_memory(Index feature_degree, MlpInit init) {
     MlpMemory memory = miras_memory(false, init);

@@ -21,8 +21,8 @@ namespace miras {
 
 enum class MlpNorm { none, plain, affine };
 
-/// Initial weights: all zero, or weight entries std * N(0, 1) drawn from SeededNormal with the seed
-/// seed + 1000003 h + 7919 m for head h and weight matrix m; biases start at zero.
+/// Initial weights: all zero, or weight entries std * N(0, 1) from SeededNormal. The generator of
+/// head h and weight matrix m is seeded with seed + 1000003 h + 7919 m. Biases start at zero.
 struct MlpInit {
     bool zero = false;
     double std = 0.02;  // the official TTT initialisation

@@ -12,7 +12,7 @@ class SeededNormal {
 public:
     explicit SeededNormal(std::uint64_t seed) : state_(seed) {}
 
-    /// A uniform number in (0, 1).
+    /// Returns a uniform number in (0, 1).
     double uniform() {
         std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -21,7 +21,7 @@ public:
         return (static_cast<double>(z >> 11) + 0.5) * 0x1.0p-53;
     }
 
-    /// A standard normal number (Box-Muller, both values of each pair used).
+    /// Returns a standard normal number (Box-Muller, using both values of each pair).
     double normal() {
         if (has_spare_) {
             has_spare_ = false;

@@ -70,7 +70,9 @@ struct MiniBatchGD {
         params_set_zero(state.sum);
         return state;
     }
-    Index state_size(const LayerDims&) const { return 0; }
+    /// Counts the saved scalars: start weights, accumulated sum and the position.
+    template <class Memory>
+    Index state_size(const LayerDims& dims, const Memory& memory) const { return 2 * memory.state_size(dims) + 1; }
 
     template <class Ctx, class Params, class St, class S>
     void write(const Ctx& ctx, Params& W, St& state, const Bound<S>& bound, Scratch<S>& scratch) const {

@@ -68,7 +68,12 @@ struct Momentum {
         params_set_zero(state.momentum);
         return state;
     }
-    Index state_size(const LayerDims&) const { return 0; }
+    /// Counts the saved scalars: momentum, start weights, position and a full window of c - 1 pairs.
+    template <class Memory>
+    Index state_size(const LayerDims& dims, const Memory& memory) const {
+        const Index pair = dims.key + dims.value + dims.key_features + 1;
+        return 2 * memory.state_size(dims) + 1 + (window > 1 ? (window - 1) * pair : 0);
+    }
 
     template <class Ctx, class Params, class St, class S>
     void write(const Ctx& ctx, Params& W, St& state, const Bound<S>& bound, Scratch<S>& scratch) const {

@@ -138,7 +138,13 @@ public:
     }
 
     /// Scalars of state per head (for the kv cache: per cached pair).
-    Index state_size_per_head() const { return memory_.state_size(dims_) + algorithm_.state_size(dims_); }
+    Index state_size_per_head() const {
+        if constexpr (requires { algorithm_.state_size(dims_, memory_); }) {
+            return memory_.state_size(dims_) + algorithm_.state_size(dims_, memory_);
+        } else {
+            return memory_.state_size(dims_) + algorithm_.state_size(dims_);
+        }
+    }
 
     template <class S>
     State<S> initial_state(Index batch) const {

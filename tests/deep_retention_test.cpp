@@ -140,6 +140,9 @@ TEST(MirrorRetention, InvalidSettingsAreRejected) {
     MirrorRetention floor{MirrorKind::sigmoid};
     floor.floor = 0.0;
     EXPECT_THROW(MirrorLayer(dims(3, 3), {}, {}, floor), ConfigError);
+    LayerOptions pairs = dims(3, 3);
+    pairs.steps_per_token = 2;
+    EXPECT_THROW(MirrorLayer(pairs, {}, {}, MirrorRetention{}), ConfigError);
 }
 
 }  // namespace

@@ -102,7 +102,7 @@ public:
         memory_.validate(dims_);
         if constexpr (requires { algorithm_.validate(); }) algorithm_.validate();
         if constexpr (requires { bias_.validate(); }) bias_.validate();
-        if constexpr (requires { retention_.validate(); }) retention_.validate();
+        if constexpr (requires { retention_.validate(dims_); }) retention_.validate(dims_);
         if constexpr (std::is_same_v<Algorithm, LeastSquares>) {
             if constexpr (requires { retention_.gate; }) {
                 if (retention_.gate.axis != Axis::head) throw ConfigError("least_squares needs a per-head decay");

@@ -35,7 +35,11 @@ struct MirrorRetention {
     /// boundary before the log, so a zero-initialised memory starts uniform (kl) or near 0 (sigmoid).
     double floor = 1e-12;
 
-    void validate() const {
+    void validate(const LayerDims& dims) const {
+        if (dims.steps_per_token != 1) {
+            throw ConfigError("the mirror retention maps the memory once per token, so it needs 1 pair per token, not " +
+                              std::to_string(dims.steps_per_token));
+        }
         if (gate.axis != Axis::head) throw ConfigError("the mirror retention gate is one value per head; use the head axis");
         if (kind == MirrorKind::lq && (!(q > 1.0) || q == 3.0 || !std::isfinite(q))) {
             throw ConfigError("lq retention q " + std::to_string(q) +

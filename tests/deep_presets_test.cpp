@@ -9,6 +9,7 @@
 
 #include "deep_test_util.hpp"
 #include "miras/layer/presets_deep.hpp"
+#include "miras/spec/any_layer.hpp"
 
 namespace {
 
@@ -80,5 +81,23 @@ INSTANTIATE_TEST_SUITE_P(Presets, DeepPreset,
                                            make("omeganet", presets::omeganet(small())),
                                            make("atlas", presets::atlas(small()))),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+// A deep layer behind the run-time interface: the same outputs, its component names, and a float
+// state that survives a save and load in the middle of a mini-batch.
+TEST(DeepAnyLayer, ErasedTttMlpMatchesTheLayer) {
+    const auto layer = presets::ttt_mlp(small(), 4);
+    const ErasedLayer<presets::Ttt> erased(layer);
+    EXPECT_EQ(erased.memory_name(), "mlp");
+    EXPECT_EQ(erased.algorithm_name(), "minibatch_gd");
+    Sequence<float> seq(1, 10, 1, kDim, kDim, 6);
+    seq.add_gate("eta", 0.1, 0.4);
+    const Tensor<float> direct = layer.forward(seq.inputs);
+    auto state = erased.initial_state(1, false);
+    const auto first = seq.slice(0, 6), second = seq.slice(6, 10);
+    erased.forward(first.inputs, *state);
+    auto reloaded = erased.load_state(erased.save_state(*state), false);
+    const Tensor<float> tail = erased.forward(second.inputs, *reloaded);
+    for (Index i = 0; i < tail.size(); ++i) EXPECT_EQ(tail[i], direct[6 * kDim + i]) << "entry " << i;
+}
 
 }  // namespace

@@ -155,6 +155,13 @@ TEST(Momentum, SplitAndResumeKeepsWindowAndMomentum) {
     }
 }
 
+TEST(Momentum, OverfullWindowInAStateIsRejected) {
+    const auto layer = presets::omeganet(dims(1, 4, 4), 3);
+    auto saved = layer.save_state(layer.initial_state<double>(1));
+    saved["window.gamma"] = Tensor<double>({1, 1, 3, 1}, 1.0);
+    EXPECT_THROW(layer.load_state(saved), InputError);
+}
+
 TEST(Momentum, InvalidSettingsAreRejected) {
     using L = Layer<MatrixMemory, L2Bias, NoRetention, Momentum>;
     Momentum window;

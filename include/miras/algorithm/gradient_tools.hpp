@@ -41,6 +41,17 @@ void pair_gradient(const Ctx& ctx, const Params& at, Params& grad, double clip_n
     }
 }
 
+/// Reads the position inside a mini-batch of the given size from the state tensor 'position'.
+template <class S>
+Index load_position(const NamedMatrices<S>& in, Index minibatch_size) {
+    const double position = value_of(require_matrix(in, "position", 1, 1)(0, 0));
+    if (!(position >= 0.0) || position >= static_cast<double>(minibatch_size) || position != std::floor(position)) {
+        throw InputError("state tensor 'position' is " + std::to_string(position) + "; valid is an integer in [0, " +
+                         std::to_string(minibatch_size) + ")");
+    }
+    return static_cast<Index>(position);
+}
+
 /// Saves the memory parameters p with every name prefixed (for example "start.W1").
 template <class Memory, class Params, class S>
 void save_prefixed(const Memory& memory, const Params& p, const std::string& prefix, NamedMatrices<S>& out) {

@@ -126,12 +126,7 @@ struct MiniBatchGD {
             state.position = 0;
             return;
         }
-        const double position = value_of(require_matrix(in, "position", 1, 1)(0, 0));
-        if (!(position >= 0.0) || position >= static_cast<double>(minibatch_size) || position != static_cast<double>(static_cast<Index>(position))) {
-            throw InputError("state tensor 'position' is " + std::to_string(position) + "; valid is an integer in [0, " +
-                             std::to_string(minibatch_size) + ")");
-        }
-        state.position = static_cast<Index>(position);
+        state.position = load_position(in, minibatch_size);
         load_prefixed(memory, state.start, "start.", in, dims);
         load_prefixed(memory, state.sum, "sum.", in, dims);
     }

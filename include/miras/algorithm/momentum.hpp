@@ -12,6 +12,7 @@
 
 #include "miras/algorithm/gradient_tools.hpp"
 #include "miras/algorithm/newton_schulz.hpp"
+#include "miras/algorithm/omega_window.hpp"
 #include "miras/memory/state_io.hpp"
 
 namespace miras {
@@ -51,8 +52,7 @@ struct Momentum {
     struct StateFor {
         typename Memory::template Params<S> momentum, start, grad, pair;
         Index position = 0;
-        std::vector<Vec<S>> keys, values, features;  // the last c - 1 pairs
-        std::vector<S> weights;
+        OmegaWindow<S> window;  // the last c - 1 pairs
     };
     template <class S> struct Bound { BoundGate<S> eta, theta, gamma; };
 
@@ -83,12 +83,13 @@ struct Momentum {
         const S gamma = bound.gamma.at(ctx.b, ctx.step, ctx.h)[0];
         pair_gradient(ctx, state.start, state.grad, 0.0, scratch);
         params_scale(state.grad, gamma);
-        for (std::size_t i = 0; i < state.keys.size(); ++i) {
+        const auto& past = state.window;
+        for (std::size_t i = 0; i < past.size(); ++i) {
             const Ctx older{ctx.memory, ctx.bias, ctx.retention, ctx.retention_gates, ctx.dims, ctx.b, ctx.h, ctx.t,
-                            ctx.step, false, state.keys[i].data(), state.values[i].data(), state.features[i],
+                            ctx.step, false, past.keys[i].data(), past.values[i].data(), past.features[i],
                             ctx.bias_gates};
             pair_gradient(older, state.start, state.pair, 0.0, scratch);
-            params_axpy(state.grad, state.weights[i], state.pair);
+            params_axpy(state.grad, past.weights[i], state.pair);
         }
         if (clip_norm > 0.0) {
             using std::sqrt;
@@ -111,7 +112,7 @@ struct Momentum {
         }
         ctx.finish(W);
 
-        if (window > 1) remember(ctx, state, gamma);
+        if (window > 1) state.window.push(ctx, gamma, window - 1);
         state.position = (state.position + 1) % minibatch_size;
     }
 
@@ -127,65 +128,17 @@ struct Momentum {
         save_prefixed(memory, state.momentum, "momentum.", out);
         save_prefixed(memory, state.start, "start.", out);
         out["position"] = Mat<S>::Constant(1, 1, S(static_cast<double>(state.position)));
-        if (window == 1) return;
-        out["window.k"] = stack(state.keys);
-        out["window.v"] = stack(state.values);
-        out["window.x"] = stack(state.features);
-        Mat<S> weights(static_cast<Index>(state.weights.size()), 1);
-        for (std::size_t i = 0; i < state.weights.size(); ++i) weights(static_cast<Index>(i), 0) = state.weights[i];
-        out["window.gamma"] = weights;
+        if (window > 1) state.window.save(out);
     }
 
     /// A state without 'position' starts with zero momentum and an empty window.
     template <class Memory, class St, class S>
     void load(const Memory& memory, St& state, const NamedMatrices<S>& in, const LayerDims& dims) const {
         if (in.find("position") == in.end()) return;
-        const double position = value_of(require_matrix(in, "position", 1, 1)(0, 0));
-        if (!(position >= 0.0) || position >= static_cast<double>(minibatch_size) || position != std::floor(position)) {
-            throw InputError("state tensor 'position' is " + std::to_string(position) + "; valid is an integer in [0, " +
-                             std::to_string(minibatch_size) + ")");
-        }
-        state.position = static_cast<Index>(position);
+        state.position = load_position(in, minibatch_size);
         load_prefixed(memory, state.momentum, "momentum.", in, dims);
         load_prefixed(memory, state.start, "start.", in, dims);
-        if (window == 1) return;
-        const Mat<S>& gamma = require_matrix(in, "window.gamma", -1, 1);
-        const Index n = gamma.rows();
-        if (n == 0) return;
-        if (n >= window) throw InputError("state window has " + std::to_string(n) + " pairs; valid is at most " + std::to_string(window - 1));
-        state.keys = unstack(require_matrix(in, "window.k", n, dims.key));
-        state.values = unstack(require_matrix(in, "window.v", n, dims.value));
-        state.features = unstack(require_matrix(in, "window.x", n, dims.key_features));
-        state.weights.assign(gamma.data(), gamma.data() + n);
-    }
-
-private:
-    template <class Ctx, class St, class S>
-    void remember(const Ctx& ctx, St& state, const S& gamma) const {
-        state.keys.push_back(Eigen::Map<const Vec<S>>(ctx.k, ctx.dims.key));
-        state.values.push_back(Eigen::Map<const Vec<S>>(ctx.v, ctx.dims.value));
-        state.features.push_back(ctx.x);
-        state.weights.push_back(gamma);
-        if (static_cast<Index>(state.keys.size()) >= window) {
-            state.keys.erase(state.keys.begin());
-            state.values.erase(state.values.begin());
-            state.features.erase(state.features.begin());
-            state.weights.erase(state.weights.begin());
-        }
-    }
-
-    template <class S>
-    static Mat<S> stack(const std::vector<Vec<S>>& rows) {
-        Mat<S> out(static_cast<Index>(rows.size()), rows.empty() ? 0 : rows[0].size());
-        for (std::size_t i = 0; i < rows.size(); ++i) out.row(static_cast<Index>(i)) = rows[i].transpose();
-        return out;
-    }
-
-    template <class S>
-    static std::vector<Vec<S>> unstack(const Mat<S>& m) {
-        std::vector<Vec<S>> rows;
-        for (Index i = 0; i < m.rows(); ++i) rows.push_back(m.row(i).transpose());
-        return rows;
+        if (window > 1) state.window.load(in, dims, window - 1);
     }
 };
 

@@ -399,6 +399,17 @@ TEST(LpBias, TanhSignApproachesTheExactSign) {
     EXPECT_LE((exact - smooth).cwiseAbs().maxCoeff(), 1e-9);
 }
 
+// The combination rules of deep memories and mirror retentions, checked at compile time.
+static_assert(is_valid_combination_v<MlpMemory, L2Bias, NoRetention, MiniBatchGD>);
+static_assert(is_valid_combination_v<MlpMemory, HuberBias, DecayRetention, Momentum>);
+static_assert(!is_valid_combination_v<MlpMemory, L2Bias, NoRetention, GradientStep>,
+              "the mlp memory's gradient depends on its weights, which gd does not keep");
+static_assert(!is_valid_combination_v<MlpMemory, L2Bias, NoRetention, ImplicitStep>);
+static_assert(is_valid_combination_v<MatrixMemory, L2Bias, MirrorRetention, GradientStep>);
+static_assert(!is_valid_combination_v<MatrixMemory, L2Bias, MirrorRetention, LeastSquares>,
+              "least squares never maps the memory back from the mirror space");
+static_assert(!is_valid_combination_v<KVCacheMemory, L2Bias, NoRetention, MiniBatchGD>);
+
 // E10: the DeepTransformer rule with a linear memory and the truncated exponential features
 // (degree 3, coefficients 1/i!) is causal attention with the Taylor kernel sum_i v_i P_3(q . k_i).
 TEST(MlpMemory, TaylorFeaturesGiveTheTaylorKernelAttention) {

@@ -38,7 +38,7 @@ struct Sequence {
         bind();
     }
 
-    /// The tokens [begin, end) as a new sequence with the same gates.
+    /// Returns the tokens [begin, end) as a new sequence with the same gates.
     Sequence slice(Index begin, Index end) const {
         Sequence out(*this);
         out.T = end - begin;

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "miras/io/tensor_json.hpp"
+#include "miras/layer/presets_deep.hpp"
 #include "miras/miras.hpp"
 
 namespace miras::golden {
@@ -78,6 +79,71 @@ TensorMap<S> run_matrix_state(const L& layer, const GoldenInputs<S>& in, const I
     TensorMap<S> out;
     out["o"] = layer.forward(inputs, state);
     out["final_state"] = transpose_last(layer.save_state(state).at("W"));
+    return out;
+}
+
+/// Per-head weights [H, rows, cols] in the reference's row-vector convention (z = x W), shared by
+/// the batch, as miras state tensors [B, H, cols, rows].
+template <class S>
+Tensor<S> batch_transposed(const Tensor<S>& per_head, Index batch) {
+    if (per_head.rank() != 3) throw InputError("golden TTT weights of shape " + shape_string(per_head.shape()) + " are not [H, rows, cols]");
+    const Index H = per_head.dim(0), R = per_head.dim(1), C = per_head.dim(2);
+    Tensor<S> out({batch, H, C, R});
+    for (Index b = 0; b < batch; ++b) {
+        for (Index h = 0; h < H; ++h) {
+            for (Index r = 0; r < R; ++r) {
+                for (Index c = 0; c < C; ++c) out[((b * H + h) * C + c) * R + r] = per_head[(h * R + r) * C + c];
+            }
+        }
+    }
+    return out;
+}
+
+template <class S>
+std::vector<double> values_of(const Tensor<S>& t) {
+    std::vector<double> out;
+    for (Index i = 0; i < t.size(); ++i) out.push_back(static_cast<double>(t[i]));
+    return out;
+}
+
+/// TTT-Linear and TTT-MLP in the flash-linear-attention form (variant flash_linear_attention) or
+/// the official form (variant official). States are the transposed weights W1, b1 (, W2, b2).
+template <class S>
+TensorMap<S> run_ttt(const GoldenInputs<S>& in, Index depth) {
+    const std::string variant = in.parameters.value("variant", std::string("official"));
+    const Index b = in.parameters.value("minibatch_size", Index{16});
+    const LayerOptions options = options_from(in);
+    const auto ln_weight = values_of(in.at("ln_weight"));
+    const auto ln_bias = values_of(in.at("ln_bias"));
+    TensorMap<S> out;
+    if (variant == "flash_linear_attention") {
+        if (depth != 1) throw InputError("the flash_linear_attention TTT variant has depth 1 only");
+        const auto layer = presets::ttt_linear_fla(options, b, ln_weight, ln_bias);
+        const Inputs<S> inputs = layer_inputs(in, {{"eta", "eta"}});
+        auto state = layer.template initial_state<S>(inputs.q.dim(0));
+        out["o"] = layer.forward(inputs, state);
+        const auto saved = layer.save_state(state);
+        out["final_state"] = transpose_last(saved.at("W1"));
+        out["final_state_bias"] = transpose_last(saved.at("b1"));
+        return out;
+    }
+    if (variant != "official") {
+        throw InputError("TTT variant '" + variant + "' is unknown; valid are official and flash_linear_attention");
+    }
+    const auto layer = presets::ttt(options, depth, b, values_of(in.at("token_factor")), ln_weight, ln_bias);
+    const Inputs<S> inputs = layer_inputs(in, {{"lr", "eta"}});
+    const Index B = inputs.q.dim(0);
+    std::map<std::string, Tensor<S>> initial;
+    for (Index m = 1; m <= depth; ++m) {
+        for (const char* kind : {"W", "b"}) {
+            const std::string name = kind + std::to_string(m);
+            initial.emplace(name, batch_transposed(in.at(name), B));
+        }
+    }
+    auto state = layer.load_state(initial);
+    out["o"] = layer.forward(inputs, state);
+    const auto saved = layer.save_state(state);
+    for (const auto& [name, tensor] : initial) out["final_" + name] = transpose_last(saved.at(name));
     return out;
 }
 
@@ -152,6 +218,8 @@ const std::map<std::string, Runner<S>>& runners() {
              out["final_kk"] = saved.at("H");
              return out;
          }},
+        {"ttt_linear", [](const GoldenInputs<S>& in) { return run_ttt(in, 1); }},
+        {"ttt_mlp", [](const GoldenInputs<S>& in) { return run_ttt(in, 2); }},
         {"elementwise_linear_rnn",
          [](const GoldenInputs<S>& in) {
              // h_t = exp(g_t) * h_{t-1} + x_t is a vector memory with q = k = 1 and v = x.
@@ -232,8 +300,9 @@ FileResult run_file(const std::string& path, const json& file, Precision precisi
             scale = std::max(scale, std::abs(reference[i]));
         }
         c.max_rel_error = scale > 0.0 ? c.max_abs_error / scale : c.max_abs_error;
+        c.reference_scale = scale;
         c.passed = precision == Precision::float64 ? c.max_rel_error <= tolerance.float64_rel
-                                                   : c.max_abs_error <= tolerance.float32_abs;
+                                                   : c.max_abs_error <= tolerance.float32_bound(scale);
         result.passed = result.passed && c.passed;
         result.comparisons.push_back(c);
     }

@@ -30,7 +30,7 @@ Action add_golden_command(CLI::App& app) {
     command->add_option("--rel-tolerance", options->rel_tolerance,
                         "Largest accepted relative error max|ours - ref| / max|ref| in float64")
         ->capture_default_str();
-    command->add_option("--abs-tolerance", options->abs_tolerance, "Largest accepted absolute error in float32")
+    command->add_option("--abs-tolerance", options->abs_tolerance, "Largest accepted absolute error in float32, widened by 1e-6 max|reference|")
         ->capture_default_str();
 
     return [options]() {

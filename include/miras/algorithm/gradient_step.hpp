@@ -52,7 +52,7 @@ struct GradientStep {
         } else {
             ctx.memory.predict(W, ctx.x, scratch.y);
         }
-        ctx.bias.gradient(scratch.y, ctx.v, scratch.dy);
+        ctx.loss_gradient(scratch.y, scratch.dy);
 
         if (!ctx.decay_first()) ctx.retain(W);
 
@@ -67,6 +67,7 @@ struct GradientStep {
             for (Index i = 0; i < scratch.x.size(); ++i) scratch.x[i] *= eta[i];
             ctx.memory.add_gradient(W, S(-1), scratch.dy, scratch.x);
         }
+        ctx.finish(W);
     }
 
     template <class Memory, class Params, class S>

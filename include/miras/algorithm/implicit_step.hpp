@@ -47,7 +47,7 @@ struct ImplicitStep {
 
         if (ctx.decay_first()) ctx.retain(W);
         ctx.memory.predict(W, x, scratch.y);
-        ctx.bias.gradient(scratch.y, ctx.v, scratch.dy);  // W' x - v for l2, -v for the dot product
+        ctx.loss_gradient(scratch.y, scratch.dy);  // W' x - v for l2, -v for the dot product
         Mat<S> transition_source;
         if (diagonal && curvature != S(0)) transition_source = W;
         if (!ctx.decay_first()) ctx.retain(W);

@@ -53,6 +53,9 @@ bool chunkable(const L& layer) {
         const auto& options = layer.options();
         if (options.read != ReadTiming::after_write || options.steps_per_token != 1) return false;
         if (layer.memory().features.kind != FeatureKind::identity) return false;
+        if constexpr (std::is_same_v<Bias, L2Bias>) {
+            if (layer.bias().subtract_key) return false;
+        }
         const GradientStep& step = layer.algorithm();
         if (step.separate_read_key || step.rate.axis != Axis::head) return false;
         if constexpr (std::is_same_v<Retention, DecayRetention>) {

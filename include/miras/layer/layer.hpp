@@ -25,12 +25,21 @@
 
 namespace miras {
 
+namespace detail {
+/// An algorithm whose state contains memory parameters (start weights, momentum) declares
+/// StateFor<Memory, S>; the others declare State<S>.
+template <class Algorithm, class Memory, class S>
+struct algorithm_state { using type = typename Algorithm::template State<S>; };
+template <class Algorithm, class Memory, class S>
+    requires requires { typename Algorithm::template StateFor<Memory, S>; }
+struct algorithm_state<Algorithm, Memory, S> { using type = typename Algorithm::template StateFor<Memory, S>; };
+}  // namespace detail
 
-/// \tparam Memory     what stores the map from keys to values (MatrixMemory, VectorMemory, KVCacheMemory)
-/// \tparam Bias       the inner loss the memory minimises (DotProductBias, L2Bias)
-/// \tparam Retention  how the previous memory is kept (NoRetention, DecayRetention)
+/// \tparam Memory     what stores the map from keys to values (MatrixMemory, VectorMemory, KVCacheMemory, MlpMemory)
+/// \tparam Bias       the inner loss the memory minimises (DotProductBias, L2Bias, LpBias, HuberBias, ValueShiftBias)
+/// \tparam Retention  how the previous memory is kept (NoRetention, DecayRetention, MirrorRetention)
 /// \tparam Algorithm  how the inner problem is optimised (GradientStep, ImplicitStep, LeastSquares,
-///                    GeneralizedDelta, NonParametric)
+///                    GeneralizedDelta, NonParametric, MiniBatchGD, Momentum)
 template <class Memory, class Bias, class Retention, class Algorithm>
 class Layer {
     using Rules = combination_rules<Memory, Bias, Retention, Algorithm>;
@@ -40,6 +49,10 @@ class Layer {
                   "the implicit, least_squares and generalized_delta algorithms have closed forms only for the matrix memory");
     static_assert(Rules::algorithm_supports_bias,
                   "the least_squares, generalized_delta and nonparametric algorithms solve the l2 regression, so they need the l2 bias");
+    static_assert(Rules::deep_memory_has_gradient_algorithm,
+                  "the mlp memory is trained only by the minibatch_gd and momentum algorithms, which take its gradient at stored weights");
+    static_assert(Rules::retention_finished_by_algorithm,
+                  "the mirror retention maps the memory back after each step, which only the gd, minibatch_gd and momentum algorithms do");
 
 public:
     using memory_type = Memory;
@@ -50,7 +63,7 @@ public:
     template <class S>
     struct HeadState {
         typename Memory::template Params<S> memory;
-        typename Algorithm::template State<S> algorithm;
+        typename detail::algorithm_state<Algorithm, Memory, S>::type algorithm;
     };
 
     /// The state of B sequences: one HeadState per (b, h), b-major.
@@ -85,11 +98,14 @@ public:
         }
         memory_.validate(dims_);
         if constexpr (requires { algorithm_.validate(); }) algorithm_.validate();
+        if constexpr (requires { bias_.validate(); }) bias_.validate();
+        if constexpr (requires { retention_.validate(dims_); }) retention_.validate(dims_);
         if constexpr (std::is_same_v<Algorithm, LeastSquares>) {
             if constexpr (requires { retention_.gate; }) {
                 if (retention_.gate.axis != Axis::head) throw ConfigError("least_squares needs a per-head decay");
             }
         }
+        if constexpr (requires { algorithm_.check_retention(retention_); }) algorithm_.check_retention(retention_);
         if constexpr (!Memory::parametric) {
             if constexpr (requires { retention_.gate; }) {
                 if (retention_.gate.axis != Axis::head) throw ConfigError("the kv_cache memory needs a per-head decay");
@@ -119,22 +135,48 @@ public:
         return false;
     }
 
-    /// Every gate the layer reads: the retention's, then the algorithm's.
+    /// Lists every gate the layer reads: the retention's, the algorithm's, then the bias's.
     std::vector<GateSpec> gates() const {
         std::vector<GateSpec> all = retention_.gates();
         for (auto& spec : algorithm_.gates(dims_)) all.push_back(spec);
+        if constexpr (requires { bias_.gates(); }) {
+            for (auto& spec : bias_.gates()) all.push_back(spec);
+        }
         return all;
     }
 
     /// Scalars of state per head (for the kv cache: per cached pair).
-    Index state_size_per_head() const { return memory_.state_size(dims_) + algorithm_.state_size(dims_); }
+    Index state_size_per_head() const {
+        if constexpr (requires { algorithm_.state_size(dims_, memory_); }) {
+            return memory_.state_size(dims_) + algorithm_.state_size(dims_, memory_);
+        } else {
+            return memory_.state_size(dims_) + algorithm_.state_size(dims_);
+        }
+    }
 
     template <class S>
     State<S> initial_state(Index batch) const {
         State<S> state;
         state.batch = batch;
-        HeadState<S> zero{memory_.template zero_params<S>(dims_), algorithm_.template init_state<S>(dims_)};
-        state.heads.assign(static_cast<std::size_t>(batch * dims_.heads), zero);
+        for (Index b = 0; b < batch; ++b) {
+            for (Index h = 0; h < dims_.heads; ++h) {
+                auto memory = [&] {
+                    if constexpr (requires { memory_.template init_params<S>(dims_, h); }) {
+                        return memory_.template init_params<S>(dims_, h);
+                    } else {
+                        return memory_.template zero_params<S>(dims_);
+                    }
+                }();
+                auto algorithm = [&] {
+                    if constexpr (requires { algorithm_.template init_state<S>(dims_, memory_, memory); }) {
+                        return algorithm_.template init_state<S>(dims_, memory_, memory);
+                    } else {
+                        return algorithm_.template init_state<S>(dims_);
+                    }
+                }();
+                state.heads.push_back(HeadState<S>{std::move(memory), std::move(algorithm)});
+            }
+        }
         return state;
     }
 
@@ -151,6 +193,10 @@ public:
         GateBinder<S> binder(inputs, dims_, B, T);
         const auto retention_gates = retention_.bind(binder);
         const auto algorithm_gates = algorithm_.bind(binder, dims_);
+        const auto bias_gates = [&] {
+            if constexpr (requires { bias_.bind(binder); }) return bias_.bind(binder);
+            else return NoBiasGates{};
+        }();
 
         const Index H = dims_.heads, K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
         const S scale = S(query_scale());
@@ -188,7 +234,7 @@ public:
                         const S* v = inputs.v.data() + ((b * T * n + step) * H + h) * V;
                         memory_.map(k, K, x);
                         WriteContext<Memory, Bias, Retention, S> ctx{memory_, bias_, retention_, retention_gates, dims_,
-                                                                     b, h, t, step, i == 0, k, v, x};
+                                                                     b, h, t, step, i == 0, k, v, x, &bias_gates};
                         algorithm_.write(ctx, head.memory, head.algorithm, algorithm_gates, scratch);
                     }
                     if (options_.read == ReadTiming::after_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
@@ -215,7 +261,11 @@ public:
                 const HeadState<S>& head = state.heads[static_cast<std::size_t>(b * H + h)];
                 NamedMatrices<S> parts;
                 memory_.save(head.memory, parts);
-                algorithm_.save(head.algorithm, parts);
+                if constexpr (requires { algorithm_.save(memory_, head.algorithm, parts); }) {
+                    algorithm_.save(memory_, head.algorithm, parts);
+                } else {
+                    algorithm_.save(head.algorithm, parts);
+                }
                 for (auto& [name, m] : parts) {
                     auto [it, inserted] = tensors.try_emplace(name, Shape{state.batch, H, m.rows(), m.cols()});
                     Tensor<S>& tensor = it->second;
@@ -263,7 +313,11 @@ public:
                 }
                 HeadState<S>& head = state.heads[static_cast<std::size_t>(b * H + h)];
                 memory_.load(head.memory, parts, dims_);
-                algorithm_.load(head.algorithm, parts, dims_);
+                if constexpr (requires { algorithm_.load(memory_, head.algorithm, parts, dims_); }) {
+                    algorithm_.load(memory_, head.algorithm, parts, dims_);
+                } else {
+                    algorithm_.load(head.algorithm, parts, dims_);
+                }
             }
         }
         return state;

@@ -1,0 +1,111 @@
+// The definition of entries_for<Memory>: the cartesian product of {Memory} with the bias,
+// retention and algorithm lists, filtered by is_valid_combination_v, one Entry per survivor.
+// Included only by the registry_<memory>.cpp units, each of which instantiates one memory.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "components.hpp"
+#include "miras/layer/layer.hpp"
+
+namespace miras::spec_registry {
+
+/// max |G - G_fd| / max(1, max |G_fd|), where G = J^T dl/dy comes from the memory and the bias at a
+/// random W, k and v, and G_fd is the central difference of l(M(W; phi(k)), v) in each entry of W
+/// (at most 256 entries, spread over W).
+template <class Memory, class Bias>
+double inner_gradient_error(const Memory& memory, const Bias& bias, const LayerDims& dims, unsigned seed) {
+    if constexpr (!Memory::parametric) {
+        return -1.0;
+    } else {
+        std::mt19937_64 rng(seed);
+        std::normal_distribution<double> normal(0.0, 1.0);
+        auto W = memory.template zero_params<double>(dims);
+        for (Index i = 0; i < W.rows(); ++i) {
+            for (Index j = 0; j < W.cols(); ++j) W(i, j) = 0.5 * normal(rng);
+        }
+        std::vector<double> k(static_cast<std::size_t>(dims.key)), v(static_cast<std::size_t>(dims.value));
+        for (double& x : k) x = normal(rng) / std::sqrt(static_cast<double>(dims.key));
+        for (double& x : v) x = normal(rng);
+
+        Vec<double> x, y, dy;
+        memory.map(k.data(), dims.key, x);
+        memory.predict(W, x, y);
+        bias.gradient(y, v.data(), dy);
+        auto G = memory.template zero_params<double>(dims);
+        memory.add_gradient(G, 1.0, dy, x);
+
+        const auto loss = [&](const auto& params) {
+            Vec<double> prediction;
+            memory.predict(params, x, prediction);
+            return bias.loss(prediction, v.data());
+        };
+        const Index entries = W.rows() * W.cols();
+        const Index stride = std::max<Index>(1, entries / 256);
+        const double h = 1e-5;
+        double largest = 0.0, worst = 0.0;
+        for (Index flat = 0; flat < entries; flat += stride) {
+            const Index i = flat / W.cols(), j = flat % W.cols();
+            auto plus = W, minus = W;
+            plus(i, j) += h;
+            minus(i, j) -= h;
+            const double fd = (loss(plus) - loss(minus)) / (2.0 * h);
+            largest = std::max(largest, std::abs(fd));
+            worst = std::max(worst, std::abs(G(i, j) - fd));
+        }
+        return worst / std::max(1.0, largest);
+    }
+}
+
+template <class Memory, class Bias, class Retention, class Algorithm>
+Entry make_entry() {
+    using L = Layer<Memory, Bias, Retention, Algorithm>;
+    Entry entry;
+    entry.memory = Memory::name;
+    entry.bias = Bias::name;
+    entry.retention = Retention::name;
+    entry.algorithm = Algorithm::name;
+    entry.build = [](const nlohmann::json& spec) -> std::unique_ptr<AnyLayer> {
+        return std::make_unique<ErasedLayer<L>>(L(options_from(spec), from_spec<Memory>::build(spec),
+                                                  from_spec<Bias>::build(spec), from_spec<Retention>::build(spec),
+                                                  from_spec<Algorithm>::build(spec)));
+    };
+    entry.inner_gradient = [](const nlohmann::json& spec, unsigned seed) {
+        const Memory memory = from_spec<Memory>::build(spec);
+        const LayerOptions options = options_from(spec);
+        LayerDims dims;
+        dims.heads = options.heads;
+        dims.key = options.key_dim;
+        dims.value = options.value_dim;
+        dims.key_features = memory.feature_dim(options.key_dim);
+        return inner_gradient_error(memory, from_spec<Bias>::build(spec), dims, seed);
+    };
+    return entry;
+}
+
+template <class Memory>
+std::vector<Entry> entries_for() {
+    const auto combinations =
+        hana::cartesian_product(hana::make_tuple(hana::tuple_t<Memory>, bias_types, retention_types, algorithm_types));
+    const auto valid = hana::filter(combinations, [](auto combination) {
+        using M = typename decltype(+hana::at_c<0>(combination))::type;
+        using B = typename decltype(+hana::at_c<1>(combination))::type;
+        using R = typename decltype(+hana::at_c<2>(combination))::type;
+        using A = typename decltype(+hana::at_c<3>(combination))::type;
+        return hana::bool_c<is_valid_combination_v<M, B, R, A>>;
+    });
+    std::vector<Entry> entries;
+    hana::for_each(valid, [&](auto combination) {
+        using M = typename decltype(+hana::at_c<0>(combination))::type;
+        using B = typename decltype(+hana::at_c<1>(combination))::type;
+        using R = typename decltype(+hana::at_c<2>(combination))::type;
+        using A = typename decltype(+hana::at_c<3>(combination))::type;
+        entries.push_back(make_entry<M, B, R, A>());
+    });
+    return entries;
+}
+
+}  // namespace miras::spec_registry

@@ -83,7 +83,7 @@ std::string suggestion(const std::string& found, const std::vector<std::string>&
     }
     const std::size_t allowed = std::max<std::size_t>(2, found.size() / 3);
     if (best.empty() || best_distance > allowed) return "";
-    return "; did you mean '" + best + "'?";
+    return " (did you mean '" + best + "'?)";
 }
 
 [[noreturn]] void fail(const std::string& pointer, const std::string& message) { throw SpecError(pointer, message); }

@@ -124,6 +124,9 @@ std::vector<BadSpec> bad_specs() {
         {"ProbeGateOutOfRange", {{"/probe", R"({"gates": {"g": 0.1}})"}}, "", "/probe/gates/g", "log-gate g <= 0"},
         {"ToleranceWithoutEquivalence", {{"/expect", R"({"tolerance": 1e-6})"}}, "", "/expect/tolerance", "needs expect.equivalent_to"},
         {"EquivalentToNumber", {{"/expect", R"({"equivalent_to": 3})"}}, "", "/expect/equivalent_to", "path of another spec file"},
+        {"ProbeAccuracyAboveOne", {{"/expect", R"({"probe": {"min_accuracy": 1.5}})"}}, "", "/expect/probe/min_accuracy", "valid is 0 to 1"},
+        {"ProbePairsZero", {{"/expect", R"({"probe": {"pairs": 0}})"}}, "", "/expect/probe/pairs", "out of range"},
+        {"ProbeNegativeError", {{"/expect", R"({"probe": {"max_error": -1}})"}}, "", "/expect/probe/max_error", ">= 0"},
         // documents that are not valid specs at all
         {"DuplicateTopLevelKey", {}, R"({"name": "a", "name": "b"})", "/name", "duplicate key 'name'"},
         {"DuplicateNestedKey", {}, R"({"dims": {"heads": 1, "key": 2, "heads": 3}})", "/dims/heads", "duplicate key 'heads'"},

@@ -232,5 +232,40 @@ TEST(SpecProbe, LeavesFixedGatesOut) {
     EXPECT_TRUE(parse_spec(spec).probe_gates.empty());
 }
 
+// ---- the memorisation probe against closed forms ------------------------------------------
+
+LayerSpec spec_file(const std::string& name) { return load_spec_file((specs_dir / (name + ".json")).string()); }
+
+TEST(MemorisationProbe, DeltaRuleRecallsOnePairExactly) {
+    // eta = 1 and ||k|| = 1: W = v k^T, so W k = v.
+    const ProbeResult probe = memorisation_probe(spec_file("deltanet"), 1, 3);
+    EXPECT_LT(probe.mean_squared_error, 1e-24);
+    EXPECT_EQ(probe.accuracy, 1.0);
+}
+
+TEST(MemorisationProbe, MesaNetHalvesOnePair) {
+    // beta = 1, lambda = 1: W = v k^T and H = k k^T, so the read is v k^T (k k^T + I)^{-1} k = v / 2
+    // and ||v / 2 - v||^2 = 1/4.
+    const ProbeResult probe = memorisation_probe(spec_file("mesanet"), 1, 3);
+    EXPECT_NEAR(probe.mean_squared_error, 0.25, 1e-12);
+}
+
+TEST(MemorisationProbe, CountsEveryWrittenPair) {
+    // DeltaProduct writes two pairs per token.
+    EXPECT_EQ(memorisation_probe(spec_file("deltaproduct"), 3, 3).pairs, 6);
+}
+
+TEST(SpecChecks, ProbeFailsAboveItsErrorThreshold) {
+    LayerSpec spec = spec_file("mesanet");
+    spec.expect = {{"probe", {{"pairs", 1}, {"max_error", 0.2}}}};
+    EXPECT_EQ(find_check(run_spec_checks(spec), "probe").status, CheckResult::Status::failed);
+}
+
+TEST(SpecChecks, ProbePassesBelowItsErrorThreshold) {
+    LayerSpec spec = spec_file("mesanet");
+    spec.expect = {{"probe", {{"pairs", 1}, {"max_error", 0.3}}}};
+    EXPECT_EQ(find_check(run_spec_checks(spec), "probe").status, CheckResult::Status::ok);
+}
+
 }  // namespace
 }  // namespace miras

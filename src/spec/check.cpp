@@ -1,14 +1,16 @@
-// The checks of `miras check`. Each compares two routes to the same numbers:
+// The checks of `miras check`. Each one compares two routes to the same numbers.
 //   stepping       one call over T tokens vs T calls of one token with the state carried;
 //   split_resume   one call vs two calls whose state goes through save_state / load_state;
 //   finite         a long run at the probe gates, unit-norm keys, queries and values (float);
 //   inner_gradient J^T dl/dy of the memory and bias vs a central difference of the inner loss;
-//   equivalent_to  this layer vs the layer of another spec on the same inputs.
+//   equivalent_to  this layer vs the layer of another spec on the same inputs;
+//   probe          what a memorisation probe reads back vs the values written.
 #include "miras/spec/check.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <sstream>
 
@@ -18,6 +20,7 @@ namespace miras {
 namespace {
 
 using Status = CheckResult::Status;
+using nlohmann::json;
 
 Index gate_channels(const GateSpec& spec, const LayerDims& dims) {
     if (spec.channels > 0 && spec.config.axis != Axis::head) return spec.channels;
@@ -57,7 +60,7 @@ double random_gate_value(Range range, Index channels, std::mt19937_64& rng) {
     return 0.0;
 }
 
-/// Slices tokens [begin, end) along axis 1 of a tensor whose axis 1 holds `factor` entries per token.
+/// Returns tokens [begin, end) of a tensor whose axis 1 has `factor` entries per token.
 Tensor<double> slice_tokens(const Tensor<double>& tensor, Index begin, Index end, Index factor) {
     Shape shape = tensor.shape();
     const Index B = shape[0], T = shape[1];
@@ -209,6 +212,98 @@ CheckResult check_equivalent(const AnyLayer& layer, const LayerSpec& spec, const
                    "outputs vs '" + other_spec.name + "':");
 }
 
+/// Copies a state of one sequence into `batch` sequences.
+NamedTensors<double> replicate(const NamedTensors<double>& state, Index batch) {
+    NamedTensors<double> out;
+    for (const auto& [name, tensor] : state) {
+        Shape shape = tensor.shape();
+        shape[0] = batch;
+        Tensor<double> copies(shape);
+        for (Index b = 0; b < batch; ++b) std::copy(tensor.values().begin(), tensor.values().end(), copies.data() + b * tensor.size());
+        out.emplace(name, std::move(copies));
+    }
+    return out;
+}
+
+}  // namespace
+
+ProbeResult memorisation_probe(const LayerSpec& spec, Index tokens, unsigned seed) {
+    const auto writer = build_layer(spec);
+    LayerSpec read_spec = spec;
+    read_spec.json["execution"]["read"] = "before_write";
+    read_spec.json["execution"]["query_scale"] = 1.0;
+    const auto reader = build_layer(read_spec);
+
+    const LayerDims& dims = writer->dims();
+    const Index H = dims.heads, K = dims.key, V = dims.value, n = dims.steps_per_token;
+    const Index pairs = tokens * n;
+    const SpecInputs written = random_inputs(*writer, 1, tokens, seed, &spec.probe_gates);
+    auto state = writer->initial_state(1, true);
+    writer->forward(written.view(), *state);
+
+    // One read per written pair, as a batch of copies of the final state.
+    SpecInputs reads = random_inputs(*reader, pairs, 1, seed + 1, &spec.probe_gates);
+    for (Index i = 0; i < pairs; ++i) {
+        for (Index x = 0; x < H * K; ++x) reads.q[i * H * K + x] = written.k[i * H * K + x];
+    }
+    auto read_state = reader->load_state(replicate(writer->save_state(*state), pairs), true);
+    const Tensor<double> o = reader->forward(reads.view(), *read_state);
+
+    double error = 0.0;
+    Index correct = 0;
+    for (Index i = 0; i < pairs; ++i) {
+        for (Index h = 0; h < H; ++h) {
+            const double* out = o.data() + (i * H + h) * V;
+            Index best = 0;
+            double best_score = -std::numeric_limits<double>::infinity();
+            for (Index j = 0; j < pairs; ++j) {
+                const double* v = written.v.data() + (j * H + h) * V;
+                double score = 0.0;
+                for (Index c = 0; c < V; ++c) score += out[c] * v[c];
+                if (score > best_score) {
+                    best_score = score;
+                    best = j;
+                }
+                if (j == i) {
+                    for (Index c = 0; c < V; ++c) error += (out[c] - v[c]) * (out[c] - v[c]);
+                }
+            }
+            if (best == i) ++correct;
+        }
+    }
+    ProbeResult result;
+    result.pairs = pairs;
+    result.accuracy = static_cast<double>(correct) / static_cast<double>(pairs * H);
+    result.mean_squared_error = error / static_cast<double>(pairs * H);
+    return result;
+}
+
+namespace {
+
+CheckResult check_probe(const LayerSpec& spec, const CheckOptions& options) {
+    const json& thresholds = spec.expect.at("probe");
+    const Index tokens = thresholds.value("pairs", spec.json.at("dims").at("key").get<Index>());
+    const ProbeResult probe = memorisation_probe(spec, tokens, options.seed + 5);
+    const double accuracy = probe.accuracy, error = probe.mean_squared_error;
+    const Index pairs = probe.pairs;
+
+    bool ok = std::isfinite(error);
+    std::ostringstream detail;
+    detail << pairs << " pairs: accuracy " << accuracy;
+    if (thresholds.contains("min_accuracy")) {
+        const double least = thresholds.at("min_accuracy").get<double>();
+        ok = ok && accuracy >= least;
+        detail << (accuracy >= least ? " >= " : " < ") << least;
+    }
+    detail << ", mean squared error " << scientific(error);
+    if (thresholds.contains("max_error")) {
+        const double most = thresholds.at("max_error").get<double>();
+        ok = ok && error <= most;
+        detail << (error <= most ? " <= " : " > ") << scientific(most);
+    }
+    return {"probe", ok ? Status::ok : Status::failed, detail.str()};
+}
+
 template <class F>
 CheckResult guarded(const std::string& name, F&& run) {
     try {
@@ -276,7 +371,7 @@ std::vector<CheckResult> run_spec_checks(const LayerSpec& spec, const CheckOptio
         results.push_back(guarded("equivalent_to", [&] { return check_equivalent(*layer, spec, options); }));
     }
     if (spec.expect.is_object() && spec.expect.contains("probe")) {
-        results.push_back({"probe", Status::skipped, "probe thresholds are checked by the recall probes"});
+        results.push_back(guarded("probe", [&] { return check_probe(spec, options); }));
     }
     return results;
 }

@@ -20,7 +20,8 @@ inline Axis axis_from(const std::string& name) {
     return Axis::head;
 }
 
-/// A normalised gate: {"gate": "per_token", "axis": ...} or {"values": [...], "axis": ...}.
+/// Builds the GateConfig of a normalised gate: {"gate": "per_token", "axis": ...} or
+/// {"values": [...], "axis": ...}.
 inline GateConfig gate_from(const json& gate) {
     GateConfig config;
     config.axis = axis_from(gate.at("axis").get<std::string>());

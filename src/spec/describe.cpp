@@ -140,7 +140,8 @@ UpdateDescription describe_update(const LayerSpec& spec) {
         d.symbols.push_back("eps_t = " + eta + " / (1 + " + eta + " x^T x)");
     } else if (algorithm == "least_squares") {
         const std::string beta = gate_symbol(j.at("algorithm").at("strength"), "beta");
-        const std::string gamma = decays ? (retention.at("gate").contains("gate") ? "exp(g_t) " : "exp(g) ") : "";
+        std::string gamma;
+        if (decays) gamma = retention.at("gate").contains("gate") ? "exp(g_t) " : "exp(g) ";
         d.symbols.push_back("W_t = " + gamma + "W_{t-1} + " + beta + " v_t x^T");
         d.symbols.push_back("H_t = " + gamma + "H_{t-1} + " + beta + " x x^T");
         d.symbols.push_back("o_t = W_t (H_t + diag(lambda))^{-1} s phi(q_t)  [" +

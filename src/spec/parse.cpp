@@ -1,5 +1,5 @@
-// Validation of JSON layer specs. Every field is checked where it is read, and every failure names
-// the JSON pointer of the field, the value found and what is valid; a misspelt name gets the
+// Validation of JSON layer specs. Every field is checked where it is read. Every failure names the
+// JSON pointer of the field, the value found and what is valid, and a misspelt name gets the
 // nearest valid one as a suggestion. The validated spec has every default filled in, so the
 // registry's builders read it without checking again.
 #include <algorithm>
@@ -223,7 +223,9 @@ json gate(const json* value, const std::string& where, Range range, const json& 
         fail(values_at, "found " + shown(values) + "; expected a non-empty array of numbers");
     }
     const std::string axis = normal["axis"].get<std::string>();
-    const Index channels = axis == "key" ? sizes.key_features : axis == "value" ? sizes.value : 1;
+    Index channels = 1;
+    if (axis == "key") channels = sizes.key_features;
+    if (axis == "value") channels = sizes.value;
     const Index n = static_cast<Index>(values.size());
     if (n != 1 && n != sizes.heads && n != sizes.heads * channels) {
         fail(values_at, "found " + std::to_string(n) + " values; valid is 1, H = " + std::to_string(sizes.heads) +
@@ -431,11 +433,21 @@ json parse_expect(const json& spec) {
         normal["finite_for_tokens"] = integer(*expect, "/expect", "finite_for_tokens", std::nullopt, 1, 1 << 20);
     }
     if (const json* probe = find(*expect, "probe"); probe != nullptr) {
+        // pairs, min_accuracy and max_error drive the probe of `miras check`; other numbers are
+        // thresholds for the recall benchmarks and pass through.
         require_object(*probe, "/expect/probe", "expect.probe");
         for (const auto& item : probe->items()) {
             number(item.value(), child("/expect/probe", item.key()), Range::any);
         }
         normal["probe"] = *probe;
+        if (probe->contains("pairs")) normal["probe"]["pairs"] = integer(*probe, "/expect/probe", "pairs", std::nullopt, 1, 4096);
+        if (const json* accuracy = find(*probe, "min_accuracy"); accuracy != nullptr) {
+            const double a = number(*accuracy, "/expect/probe/min_accuracy", Range::nonnegative);
+            if (a > 1.0) fail("/expect/probe/min_accuracy", "found " + shown(*accuracy) + ", out of range; valid is 0 to 1");
+        }
+        if (const json* error = find(*probe, "max_error"); error != nullptr) {
+            number(*error, "/expect/probe/max_error", Range::nonnegative);
+        }
     }
     return normal;
 }
@@ -543,7 +555,7 @@ LayerSpec parse_spec(const nlohmann::json& spec, const std::string& source) {
 
 namespace {
 
-/// Rejects nesting deeper than spec_max_depth before the JSON parser sees the text.
+/// Rejects nesting deeper than spec_max_depth before the JSON parser reads the text.
 void check_text_depth(const std::string& text) {
     int depth = 0;
     bool in_string = false, escaped = false;
@@ -632,6 +644,7 @@ LayerSpec parse_spec_text(const std::string& text, const std::string& source) {
 }
 
 LayerSpec load_spec_file(const std::string& path) {
+    if (!std::filesystem::is_regular_file(path)) fail("", "no spec file at '" + path + "'");
     std::ifstream in(path, std::ios::binary);
     if (!in) fail("", "cannot open '" + path + "' for reading");
     std::ostringstream text;

@@ -14,7 +14,9 @@ const std::vector<Entry>& all_entries() {
         std::vector<Entry> entries;
         hana::for_each(memory_types, [&](auto memory) {
             using M = typename decltype(memory)::type;
-            for (auto& entry : entries_for<M>()) entries.push_back(std::move(entry));
+            hana::for_each(hana::make_range(hana::int_c<0>, hana::int_c<registry_parts<M>>), [&](auto part) {
+                for (auto& entry : entries_for<M, decltype(part)::value>()) entries.push_back(std::move(entry));
+            });
         });
         return entries;
     }();

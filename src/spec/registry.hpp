@@ -1,6 +1,6 @@
 // The registry of JSON-buildable layers: the component type lists and the table entry of one
 // combination. Adding a component is one line in its list below plus its `from_spec` builder in
-// components.hpp; the registry forms the cartesian product of the lists with Boost.Hana and keeps
+// components.hpp. The registry forms the cartesian product of the lists with Boost.Hana and keeps
 // the combinations that miras::is_valid_combination_v accepts.
 #pragma once
 
@@ -29,8 +29,8 @@ namespace miras::spec_registry {
 
 namespace hana = boost::hana;
 
-// Each memory type is instantiated in its own translation unit (registry_<memory>.cpp), which
-// explicitly instantiates entries_for<Memory>.
+// Each memory type is instantiated in its own translation units (registry_<memory>*.cpp), which
+// explicitly instantiate entries_for<Memory, Part> for Part = 0 .. registry_parts<Memory> - 1.
 inline constexpr auto memory_types = hana::tuple_t<MatrixMemory, VectorMemory, KVCacheMemory>;
 inline constexpr auto bias_types = hana::tuple_t<DotProductBias, L2Bias>;
 inline constexpr auto retention_types = hana::tuple_t<NoRetention, DecayRetention>;
@@ -42,15 +42,23 @@ struct Entry {
     std::string memory, bias, retention, algorithm;
     std::unique_ptr<AnyLayer> (*build)(const nlohmann::json& spec);
     /// Largest relative difference between the gradient J^T dl/dy that the memory and bias compute
-    /// and a central finite difference of the inner loss, in double; negative when the memory has
+    /// and a central finite difference of the inner loss, in double. Negative when the memory has
     /// no parameters to differentiate (the kv cache).
     double (*inner_gradient)(const nlohmann::json& spec, unsigned seed);
 
     std::string key() const { return memory + "/" + bias + "/" + retention + "/" + algorithm; }
 };
 
-/// Every valid combination whose memory is Memory. Defined in registry_impl.hpp.
+/// Number of translation units that share the combinations of a memory. The matrix memory has the
+/// most valid combinations, so it is split to keep each unit's compile time and memory down.
 template <class Memory>
+inline constexpr int registry_parts = 1;
+template <>
+inline constexpr int registry_parts<MatrixMemory> = 2;
+
+/// The valid combinations whose memory is Memory and whose index among them is Part modulo
+/// registry_parts<Memory>. Defined in registry_impl.hpp.
+template <class Memory, int Part>
 std::vector<Entry> entries_for();
 
 /// The whole table, every memory's entries, built once.

@@ -1,6 +1,6 @@
-// The definition of entries_for<Memory>: the cartesian product of {Memory} with the bias,
-// retention and algorithm lists, filtered by is_valid_combination_v, one Entry per survivor.
-// Included only by the registry_<memory>.cpp units, each of which instantiates one memory.
+// The definition of entries_for<Memory, Part>: the cartesian product of {Memory} with the bias,
+// retention and algorithm lists, filtered by is_valid_combination_v, one Entry per survivor of
+// this part. Included only by the registry_<memory>*.cpp units, each of which instantiates one part.
 #pragma once
 
 #include <algorithm>
@@ -86,7 +86,7 @@ Entry make_entry() {
     return entry;
 }
 
-template <class Memory>
+template <class Memory, int Part>
 std::vector<Entry> entries_for() {
     const auto combinations =
         hana::cartesian_product(hana::make_tuple(hana::tuple_t<Memory>, bias_types, retention_types, algorithm_types));
@@ -97,13 +97,17 @@ std::vector<Entry> entries_for() {
         using A = typename decltype(+hana::at_c<3>(combination))::type;
         return hana::bool_c<is_valid_combination_v<M, B, R, A>>;
     });
+    constexpr std::size_t count = decltype(hana::length(valid))::value;
     std::vector<Entry> entries;
-    hana::for_each(valid, [&](auto combination) {
-        using M = typename decltype(+hana::at_c<0>(combination))::type;
-        using B = typename decltype(+hana::at_c<1>(combination))::type;
-        using R = typename decltype(+hana::at_c<2>(combination))::type;
-        using A = typename decltype(+hana::at_c<3>(combination))::type;
-        entries.push_back(make_entry<M, B, R, A>());
+    hana::for_each(hana::make_range(hana::size_c<0>, hana::size_c<count>), [&](auto index) {
+        if constexpr (decltype(index)::value % registry_parts<Memory> == Part) {
+            const auto combination = hana::at(valid, index);
+            using M = typename decltype(+hana::at_c<0>(combination))::type;
+            using B = typename decltype(+hana::at_c<1>(combination))::type;
+            using R = typename decltype(+hana::at_c<2>(combination))::type;
+            using A = typename decltype(+hana::at_c<3>(combination))::type;
+            entries.push_back(make_entry<M, B, R, A>());
+        }
     });
     return entries;
 }

@@ -52,6 +52,19 @@ struct SpecInputs {
 SpecInputs random_inputs(const AnyLayer& layer, Index batch, Index tokens, unsigned seed,
                          const std::map<std::string, double>* constants = nullptr);
 
+/// The outcome of a memorisation probe.
+struct ProbeResult {
+    Index pairs = 0;
+    /// Fraction of reads whose largest dot product over all written values is with their own value.
+    double accuracy = 0.0;
+    /// Mean of ||o_i - v_i||^2 over pairs and heads (values have unit norm).
+    double mean_squared_error = 0.0;
+};
+
+/// Writes `tokens` tokens of unit-norm random keys and values at the probe gates, then reads every
+/// written key back from the final state (query scale 1, read before any further write).
+ProbeResult memorisation_probe(const LayerSpec& spec, Index tokens, unsigned seed);
+
 /// Runs every check on a spec. A spec whose layer cannot be built gives a SpecError instead.
 std::vector<CheckResult> run_spec_checks(const LayerSpec& spec, const CheckOptions& options = {});
 

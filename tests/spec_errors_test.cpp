@@ -134,6 +134,7 @@ std::vector<BadSpec> bad_specs() {
         {"EmptyDocument", {}, " \n\t ", "", "the spec is empty"},
         {"NotJson", {}, "memory: matrix\n", "", "not valid JSON"},
         {"TruncatedJson", {}, R"({"name": "a", "memory": {)", "", "not valid JSON"},
+        {"NumberTooLarge", {}, R"({"name": "a", "dims": {"heads": 1e999}})", "", "number overflow"},
         {"DeepArrays", {}, std::string(10000, '[') + std::string(10000, ']'), "", "nesting deeper than 32 levels"},
         {"DeepObjects", {}, [] {
              std::string text;

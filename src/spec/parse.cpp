@@ -637,7 +637,8 @@ LayerSpec parse_spec_text(const std::string& text, const std::string& source) {
         parsed = json::parse(text, [&finder](int depth, json::parse_event_t event, json& value) {
             return finder(depth, event, value);
         });
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+        // parse_error for bad syntax, out_of_range for a number too large for a double.
         fail("", std::string("not valid JSON: ") + e.what());
     }
     return parse_spec(parsed, source);

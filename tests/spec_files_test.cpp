@@ -157,6 +157,19 @@ TEST_P(Combination, PassesTheGenericChecks) {
     }
 }
 
+TEST_P(Combination, ReportsTheStateSizeItSaves) {
+    // The saved tensors hold B * H heads' state, and the kv cache one entry per token (no window).
+    const auto layer = build_layer(parse_spec(minimal_spec(GetParam())));
+    const Index B = 2, T = 5, H = layer->dims().heads;
+    const SpecInputs inputs = random_inputs(*layer, B, T, 4);
+    auto state = layer->initial_state(B, true);
+    layer->forward(inputs.view(), *state);
+    Index saved = 0;
+    for (const auto& [name, tensor] : layer->save_state(*state)) saved += tensor.size();
+    const Index pairs = layer->memory_name() == "kv_cache" ? T : 1;
+    EXPECT_EQ(saved, layer->state_size_per_head() * B * H * pairs);
+}
+
 INSTANTIATE_TEST_SUITE_P(Registry, Combination, ::testing::ValuesIn(registered_combinations()), [](const auto& info) {
     std::string name = info.param;
     std::replace(name.begin(), name.end(), '/', '_');

@@ -40,11 +40,12 @@ namespace {
 
 using nlohmann::json;
 
-std::string decay_symbol(const json& retention, const std::string& state) {
+std::string decay_symbol(const json& retention, const std::string& state, bool elementwise) {
     if (retention.at("type") == "none") return state;
     const json& gate = retention.at("gate");
     const std::string g = gate.contains("gate") ? "exp(g_t)" : "exp(g)";
     const std::string axis = gate.at("axis").get<std::string>();
+    if (elementwise) return g + " * " + state;
     if (axis == "key") return state + " diag(" + g + ")";
     if (axis == "value") return "diag(" + g + ") " + state;
     return g + " " + state;
@@ -60,6 +61,11 @@ std::string gate_symbol(const json& gate, const std::string& name) {
         return out.str();
     }
     return name + (axis == "head" ? "_h" : "[" + axis + "]");
+}
+
+/// Writes "coef term", leaving out a coefficient of 1.
+std::string scaled(const std::string& coefficient, const std::string& term) {
+    return coefficient == "1" ? term : coefficient + " " + term;
 }
 
 std::string feature_words(const json& memory) {
@@ -105,9 +111,16 @@ UpdateDescription describe_update(const LayerSpec& spec) {
     if (algorithm == "nonparametric") words << " without parameters: the read is softmax attention over the cache";
     if (decays) {
         words << ", with a " << (retention.at("gate").contains("gate") ? "per-token" : "fixed") << " decay per "
-              << retention.at("gate").at("axis").get<std::string>()
-              << (gradient_first ? " applied after the gradient is taken (gradient_then_decay)"
-                                 : " applied before the gradient is taken (decay_then_gradient)");
+              << retention.at("gate").at("axis").get<std::string>();
+        if (algorithm == "nonparametric") {
+            words << " that lowers the scores of older pairs";
+        } else if (algorithm == "least_squares") {
+            words << " on both accumulated statistics";
+        } else {
+            const std::string step = algorithm == "generalized_delta" ? "the correction reads" : "the gradient is taken at";
+            words << (gradient_first ? "; " + step + " the previous state (gradient_then_decay)"
+                                     : "; " + step + " the decayed state (decay_then_gradient)");
+        }
     } else {
         words << ", with no retention";
     }
@@ -116,19 +129,19 @@ UpdateDescription describe_update(const LayerSpec& spec) {
     d.words = words.str();
 
     d.symbols.push_back("x = phi(k_t)");
-    if (decays && !gradient_first && algorithm != "least_squares") {
-        d.symbols.push_back(W + "' = " + decay_symbol(retention, W + "_{t-1}"));
+    if (decays && !gradient_first && algorithm != "least_squares" && algorithm != "nonparametric") {
+        d.symbols.push_back(W + "' = " + decay_symbol(retention, W + "_{t-1}", vector));
     }
-    const std::string retained = gradient_first ? decay_symbol(retention, W + "_{t-1}") : before;
+    const std::string retained = gradient_first ? decay_symbol(retention, W + "_{t-1}", vector) : before;
     if (algorithm == "gd" || (algorithm == "implicit" && bias == "dot_product")) {
         const json& rate = j.at("algorithm").at("rate");
         const bool separate = algorithm == "gd" && j.at("algorithm").at("separate_read_key").get<bool>();
         const std::string eta = gate_symbol(rate, "eta");
         if (bias == "l2") {
             const std::string prediction = predict(before, separate ? "phi(p_t)" : "x");
-            d.symbols.push_back(W + "_t = " + retained + " - " + eta + " " + outer("(" + prediction + " - v_t)", "x"));
+            d.symbols.push_back(W + "_t = " + retained + " - " + scaled(eta, outer("(" + prediction + " - v_t)", "x")));
         } else {
-            d.symbols.push_back(W + "_t = " + retained + " + " + eta + " " + outer("v_t", "x"));
+            d.symbols.push_back(W + "_t = " + retained + " + " + scaled(eta, outer("v_t", "x")));
         }
     } else if (algorithm == "implicit") {
         const std::string eta = gate_symbol(j.at("algorithm").at("rate"), "eta");
@@ -142,13 +155,13 @@ UpdateDescription describe_update(const LayerSpec& spec) {
         const std::string beta = gate_symbol(j.at("algorithm").at("strength"), "beta");
         std::string gamma;
         if (decays) gamma = retention.at("gate").contains("gate") ? "exp(g_t) " : "exp(g) ";
-        d.symbols.push_back("W_t = " + gamma + "W_{t-1} + " + beta + " v_t x^T");
-        d.symbols.push_back("H_t = " + gamma + "H_{t-1} + " + beta + " x x^T");
+        d.symbols.push_back("W_t = " + gamma + "W_{t-1} + " + scaled(beta, "v_t x^T"));
+        d.symbols.push_back("H_t = " + gamma + "H_{t-1} + " + scaled(beta, "x x^T"));
         d.symbols.push_back("o_t = W_t (H_t + diag(lambda))^{-1} s phi(q_t)  [" +
                             j.at("algorithm").at("solver").get<std::string>() + " solve]");
     } else if (algorithm == "generalized_delta") {
         const std::string eta = gate_symbol(j.at("algorithm").at("rate"), "eta");
-        d.symbols.push_back("W_t = " + retained + " + (" + before + " a_t) b_t^T + " + eta + " v_t x^T");
+        d.symbols.push_back("W_t = " + retained + " + (" + before + " a_t) b_t^T + " + scaled(eta, "v_t x^T"));
     } else {
         d.symbols.push_back(std::string("cache += (x, v_t)") + (decays ? "; G_i += g_t for every cached pair i" : ""));
         d.symbols.push_back("o_t = sum_i softmax_i(s phi(q_t) . x_i" + std::string(decays ? " + G_i" : "") + ") v_i");

@@ -31,6 +31,7 @@ struct Rules {
     bool memory_matches_algorithm = true;
     bool algorithm_supports_memory = true;
     bool algorithm_supports_bias = true;
+    bool valid = true;
 };
 
 Rules rules_for(const std::string& memory, const std::string& bias, const std::string& retention,
@@ -49,6 +50,7 @@ Rules rules_for(const std::string& memory, const std::string& bias, const std::s
         rules.memory_matches_algorithm = C::memory_matches_algorithm;
         rules.algorithm_supports_memory = C::algorithm_supports_memory;
         rules.algorithm_supports_bias = C::algorithm_supports_bias;
+        rules.valid = is_valid_combination_v<M, B, R, A>;
     });
     return rules;
 }
@@ -82,6 +84,11 @@ Clash combination_clash(const std::string& memory, const std::string& bias, cons
     if (!rules.algorithm_supports_bias) {
         return {"/algorithm/type", pair + "attentional_bias.type '" + bias + "': the " + algorithm +
                                        " algorithm solves the l2 regression; valid is attentional_bias.type 'l2'"};
+    }
+    if (!rules.valid) {
+        return {"/algorithm/type", pair + "memory.type '" + memory + "', attentional_bias.type '" + bias +
+                                       "' and retention.type '" + retention + "' is not a valid combination; `miras list` "
+                                       "shows the valid ones"};
     }
     return {};
 }

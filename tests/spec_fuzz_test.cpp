@@ -81,7 +81,7 @@ TEST(SpecFuzz, ByteMutationsOfEverySpecFile) {
     EXPECT_LT(accepted, total);
 }
 
-/// Every location (JSON pointer) in a document.
+/// Collects every location (JSON pointer) in a document.
 void pointers(const json& value, const std::string& at, std::vector<std::string>& out) {
     out.push_back(at);
     if (value.is_object()) {

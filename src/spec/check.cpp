@@ -291,15 +291,15 @@ CheckResult check_probe(const LayerSpec& spec, const CheckOptions& options) {
     std::ostringstream detail;
     detail << pairs << " pairs: accuracy " << accuracy;
     if (thresholds.contains("min_accuracy")) {
-        const double least = thresholds.at("min_accuracy").get<double>();
-        ok = ok && accuracy >= least;
-        detail << (accuracy >= least ? " >= " : " < ") << least;
+        const double min_accuracy = thresholds.at("min_accuracy").get<double>();
+        ok = ok && accuracy >= min_accuracy;
+        detail << (accuracy >= min_accuracy ? " >= " : " < ") << min_accuracy;
     }
     detail << ", mean squared error " << scientific(error);
     if (thresholds.contains("max_error")) {
-        const double most = thresholds.at("max_error").get<double>();
-        ok = ok && error <= most;
-        detail << (error <= most ? " <= " : " > ") << scientific(most);
+        const double max_error = thresholds.at("max_error").get<double>();
+        ok = ok && error <= max_error;
+        detail << (error <= max_error ? " <= " : " > ") << scientific(max_error);
     }
     return {"probe", ok ? Status::ok : Status::failed, detail.str()};
 }

@@ -220,6 +220,20 @@ TEST(SpecChecks, FinitenessFailsForAnUnstableRate) {
     EXPECT_EQ(find_check(results, "finite").status, CheckResult::Status::failed);
 }
 
+TEST(SpecChecks, UpdateDirectionRunsForGradientSteps) {
+    for (const char* name : {"deltanet", "gated_deltanet", "comba", "implicit_key_decay", "vector_delta"}) {
+        const auto results = run_spec_checks(load_spec_file((specs_dir / (std::string(name) + ".json")).string()));
+        EXPECT_EQ(find_check(results, "update_direction").status, CheckResult::Status::ok) << name;
+    }
+}
+
+TEST(SpecChecks, UpdateDirectionSkipsClosedForms) {
+    for (const char* name : {"mesanet", "rwkv7", "longhorn", "softmax_attention", "deltaproduct"}) {
+        const auto results = run_spec_checks(load_spec_file((specs_dir / (std::string(name) + ".json")).string()));
+        EXPECT_EQ(find_check(results, "update_direction").status, CheckResult::Status::skipped) << name;
+    }
+}
+
 TEST(SpecChecks, HorizonComesFromTheSpec) {
     json spec = minimal_spec("matrix/l2/none/gd");
     spec["expect"] = {{"finite_for_tokens", 123}};

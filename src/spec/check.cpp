@@ -3,6 +3,7 @@
 //   split_resume   one call vs two calls whose state goes through save_state / load_state;
 //   finite         a long run at the probe gates, unit-norm keys, queries and values (float);
 //   inner_gradient J^T dl/dy of the memory and bias vs a central difference of the inner loss;
+//   update_direction  the layer's own one-token step vs minus that finite-difference gradient;
 //   equivalent_to  this layer vs the layer of another spec on the same inputs;
 //   probe          what a memorisation probe reads back vs the values written.
 #include "miras/spec/check.hpp"
@@ -188,6 +189,41 @@ CheckResult check_inner_gradient(const LayerSpec& spec, const CheckOptions& opti
     return {"inner_gradient", Status::failed, "combination " + key + " is not registered"};
 }
 
+/// Runs the update-direction check where the update is a plain gradient step of the inner loss.
+CheckResult check_update_direction(const LayerSpec& spec, const CheckOptions& options) {
+    const std::string name = "update_direction";
+    const json& j = spec.json;
+    const std::string algorithm = j.at("algorithm").at("type").get<std::string>();
+    if (algorithm != "gd" && algorithm != "implicit") {
+        return {name, Status::skipped, "the " + algorithm + " update is not a step along the inner gradient"};
+    }
+    if (algorithm == "implicit" && j.at("algorithm").at("diagonal").get<bool>()) {
+        return {name, Status::skipped, "the diagonal implicit step approximates the curvature term"};
+    }
+    if (j.at("execution").at("steps_per_token").get<Index>() != 1) {
+        return {name, Status::skipped, "several pairs per token make several steps"};
+    }
+    const json& rate = j.at("algorithm").at("rate");
+    if (rate.contains("values") && rate.at("values").size() > 1) {
+        return {name, Status::skipped, "fixed rates that differ across heads or channels change the direction"};
+    }
+    const json& retention = j.at("retention");
+    if (retention.at("type") == "decay" && retention.at("gate").contains("values")) {
+        for (const auto& g : retention.at("gate").at("values")) {
+            if (g.get<double>() != 0.0) return {name, Status::skipped, "a fixed decay other than 1 moves the state too"};
+        }
+    }
+    const std::string key = j.at("memory").at("type").get<std::string>() + "/" +
+                            j.at("attentional_bias").at("type").get<std::string>() + "/" +
+                            retention.at("type").get<std::string>() + "/" + algorithm;
+    for (const auto& entry : spec_registry::all_entries()) {
+        if (entry.key() != key) continue;
+        return compare(name, entry.update_direction(j, options.seed), options.gradient_tolerance,
+                       "one-token update vs -grad l by central difference (unit directions):");
+    }
+    return {name, Status::failed, "combination " + key + " is not registered"};
+}
+
 CheckResult check_equivalent(const AnyLayer& layer, const LayerSpec& spec, const CheckOptions& options) {
     const std::string name = "equivalent_to";
     const std::string path = spec.expect.contains("equivalent_to_path") ? spec.expect.at("equivalent_to_path").get<std::string>()
@@ -367,6 +403,7 @@ std::vector<CheckResult> run_spec_checks(const LayerSpec& spec, const CheckOptio
     }
     results.push_back(guarded("finite", [&] { return check_finite(*layer, spec, horizon, options.seed + 4); }));
     results.push_back(guarded("inner_gradient", [&] { return check_inner_gradient(spec, options); }));
+    results.push_back(guarded("update_direction", [&] { return check_update_direction(spec, options); }));
     if (spec.expect.is_object() && spec.expect.contains("equivalent_to")) {
         results.push_back(guarded("equivalent_to", [&] { return check_equivalent(*layer, spec, options); }));
     }

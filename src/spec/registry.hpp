@@ -45,6 +45,11 @@ struct Entry {
     /// and a central finite difference of the inner loss, in double. Negative when the memory has
     /// no parameters to differentiate (the kv cache).
     double (*inner_gradient)(const nlohmann::json& spec, unsigned seed);
+    /// Largest distance, over heads, between the unit direction of the layer's own one-token update
+    /// from a random state and the unit direction of minus the central-difference gradient of the
+    /// inner loss there. Per-token gates are set to g = 0, eta = 0.5, beta = 1, p = k, a = b = 0.
+    /// Meaningful only for gradient steps (see check.cpp); negative for the kv cache.
+    double (*update_direction)(const nlohmann::json& spec, unsigned seed);
 
     std::string key() const { return memory + "/" + bias + "/" + retention + "/" + algorithm; }
 };

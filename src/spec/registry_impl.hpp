@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <random>
 
 #include "components.hpp"
@@ -60,6 +61,93 @@ double inner_gradient_error(const Memory& memory, const Bias& bias, const LayerD
     }
 }
 
+/// Central difference of l(M(W; x), v) in every entry of W.
+template <class Memory, class Bias, class Params>
+Params loss_gradient(const Memory& memory, const Bias& bias, const Params& W, const Vec<double>& x, const double* v) {
+    const auto loss = [&](const Params& params) {
+        Vec<double> prediction;
+        memory.predict(params, x, prediction);
+        return bias.loss(prediction, v);
+    };
+    const double h = 1e-5;
+    Params gradient = W;
+    for (Index i = 0; i < W.rows(); ++i) {
+        for (Index j = 0; j < W.cols(); ++j) {
+            Params plus = W, minus = W;
+            plus(i, j) += h;
+            minus(i, j) -= h;
+            gradient(i, j) = (loss(plus) - loss(minus)) / (2.0 * h);
+        }
+    }
+    return gradient;
+}
+
+template <class Memory, class Bias, class Retention, class Algorithm>
+double update_direction_error(const nlohmann::json& spec, unsigned seed) {
+    if constexpr (!Memory::parametric) {
+        return -1.0;
+    } else {
+        using L = Layer<Memory, Bias, Retention, Algorithm>;
+        const L layer(options_from(spec), from_spec<Memory>::build(spec), from_spec<Bias>::build(spec),
+                      from_spec<Retention>::build(spec), from_spec<Algorithm>::build(spec));
+        const LayerDims& dims = layer.dims();
+        const Index H = dims.heads, K = dims.key, V = dims.value, n = dims.steps_per_token;
+        std::mt19937_64 rng(seed);
+        std::normal_distribution<double> normal(0.0, 1.0);
+
+        auto state = layer.template initial_state<double>(1);
+        for (auto& head : state.heads) {
+            for (Index i = 0; i < head.memory.rows(); ++i) {
+                for (Index j = 0; j < head.memory.cols(); ++j) head.memory(i, j) = 0.5 * normal(rng);
+            }
+        }
+        const auto start = state;
+
+        Tensor<double> q({1, 1, H, K}), k({1, n, H, K}), v({1, n, H, V});
+        for (Index i = 0; i < q.size(); ++i) q[i] = normal(rng);
+        for (Index i = 0; i < v.size(); ++i) v[i] = normal(rng);
+        for (Index row = 0; row < n * H; ++row) {
+            double norm = 0.0;
+            for (Index c = 0; c < K; ++c) {
+                k[row * K + c] = normal(rng);
+                norm += k[row * K + c] * k[row * K + c];
+            }
+            for (Index c = 0; c < K; ++c) k[row * K + c] /= std::sqrt(norm);
+        }
+        std::map<std::string, Tensor<double>> gates;
+        Inputs<double> inputs{q.view(), k.view(), v.view(), {}};
+        for (const GateSpec& gate : layer.gates()) {
+            if (!gate.config.per_token) continue;
+            if (gate.name == "p") {
+                gates.emplace(gate.name, k);
+            } else {
+                Shape shape{1, gate.per_step ? n : 1, H};
+                if (gate.config.axis == Axis::key) shape.push_back(gate.channels > 0 ? gate.channels : dims.key_features);
+                if (gate.config.axis == Axis::value) shape.push_back(V);
+                double value = 0.0;
+                if (gate.name == "eta") value = 0.5;
+                if (gate.name == "beta") value = 1.0;
+                gates.emplace(gate.name, Tensor<double>(shape, value));
+            }
+            inputs.gates[gate.name] = gates.at(gate.name).view();
+        }
+        layer.forward(inputs, state);
+
+        double worst = 0.0;
+        for (Index h = 0; h < H; ++h) {
+            const auto& W0 = start.heads[static_cast<std::size_t>(h)].memory;
+            const auto step = (state.heads[static_cast<std::size_t>(h)].memory - W0).eval();
+            Vec<double> x;
+            layer.memory().map(k.data() + h * K, K, x);
+            const auto gradient = loss_gradient(layer.memory(), layer.bias(), W0, x, v.data() + h * V);
+            const double step_norm = step.norm(), gradient_norm = gradient.norm();
+            if (step_norm == 0.0 || gradient_norm == 0.0) return std::numeric_limits<double>::infinity();
+            worst = std::max(worst, (step / step_norm + gradient / gradient_norm).norm());
+        }
+        return worst;
+    }
+}
+
 template <class Memory, class Bias, class Retention, class Algorithm>
 Entry make_entry() {
     using L = Layer<Memory, Bias, Retention, Algorithm>;
@@ -83,6 +171,7 @@ Entry make_entry() {
         dims.key_features = memory.feature_dim(options.key_dim);
         return inner_gradient_error(memory, from_spec<Bias>::build(spec), dims, seed);
     };
+    entry.update_direction = &update_direction_error<Memory, Bias, Retention, Algorithm>;
     return entry;
 }
 

@@ -99,7 +99,13 @@ Action add_describe_command(CLI::App& app) {
                                                        "words and symbols, its gates and its state size per head");
     command->add_option("spec", *file, "Spec file (format: docs/specs.md)")->required()->check(CLI::ExistingFile);
     return [file]() {
-        const LayerSpec spec = load_spec_file(*file);
+        LayerSpec spec;
+        try {
+            spec = load_spec_file(*file);
+        } catch (const SpecError& e) {
+            std::cerr << "error: " << *file << ": " << e.what() << "\n";
+            return exit_bad_input;
+        }
         const auto layer = build_layer(spec);
         const LayerDims& dims = layer->dims();
         std::printf("name         %s\n", spec.name.c_str());
@@ -281,7 +287,13 @@ Action add_run_command(CLI::App& app) {
             std::cerr << "error: '" << options->output << "' exists; pass --force to overwrite it\n";
             return exit_bad_input;
         }
-        const LayerSpec spec = load_spec_file(options->spec);
+        LayerSpec spec;
+        try {
+            spec = load_spec_file(options->spec);
+        } catch (const SpecError& e) {
+            std::cerr << "error: " << options->spec << ": " << e.what() << "\n";
+            return exit_bad_input;
+        }
         const auto layer = build_layer(spec);
         const json file = io::read_json_file(options->input);
         if (!file.is_object() || !file.contains("inputs") || !file.at("inputs").is_object()) {

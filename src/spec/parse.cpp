@@ -15,7 +15,9 @@
 namespace miras {
 
 SpecError::SpecError(std::string pointer, std::string message)
-    : Error("spec field '" + pointer + "': " + message), pointer_(std::move(pointer)), message_(std::move(message)) {}
+    : Error((pointer.empty() ? std::string("spec: ") : "spec field '" + pointer + "': ") + message),
+      pointer_(std::move(pointer)),
+      message_(std::move(message)) {}
 
 std::size_t edit_distance(const std::string& a, const std::string& b) {
     std::vector<std::size_t> previous(b.size() + 1), current(b.size() + 1);

@@ -15,8 +15,8 @@
 
 namespace miras {
 
-/// A malformed spec. `pointer` is the JSON pointer of the bad field ("" for the whole document);
-/// what() reads "spec field '<pointer>': <message>".
+/// A malformed spec. `pointer` is the JSON pointer of the bad field ("" for the whole document).
+/// what() reads "spec field '<pointer>': <message>", or "spec: <message>" for the whole document.
 class SpecError : public Error {
 public:
     SpecError(std::string pointer, std::string message);

@@ -16,6 +16,10 @@ inline constexpr int exit_bad_input = 2;
 using Action = std::function<int()>;
 
 Action add_golden_command(CLI::App& app);
+Action add_list_command(CLI::App& app);
+Action add_describe_command(CLI::App& app);
+Action add_check_command(CLI::App& app);
+Action add_run_command(CLI::App& app);
 Action add_recall_command(CLI::App& app);
 
 }  // namespace miras::cli

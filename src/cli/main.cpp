@@ -18,6 +18,10 @@ int main(int argc, char** argv) {
         actions[app.get_subcommands({}).at(before)] = std::move(action);
     };
     add(miras::cli::add_golden_command);
+    add(miras::cli::add_list_command);
+    add(miras::cli::add_describe_command);
+    add(miras::cli::add_check_command);
+    add(miras::cli::add_run_command);
     add(miras::cli::add_recall_command);
 
     try {

@@ -1,0 +1,298 @@
+// Every spec file in specs/ passes its checks (one test per file, discovered at run time, so a new
+// file adds a test); the spec of each preset builds the same layer as the C++ preset; every
+// registered combination is reachable from JSON; and the checks fail where they should.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "miras/layer/presets.hpp"
+#include "miras/spec/check.hpp"
+#include "miras/spec/spec.hpp"
+
+namespace miras {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path specs_dir = fs::path(MIRAS_SOURCE_DIR) / "specs";
+
+std::vector<std::string> spec_file_names() {
+    std::vector<std::string> names;
+    for (const auto& item : fs::directory_iterator(specs_dir)) {
+        if (item.path().extension() == ".json" && item.path().filename() != "schema.json") {
+            names.push_back(item.path().stem().string());
+        }
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+class SpecFile : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SpecFile, PassesEveryCheck) {
+    const LayerSpec spec = load_spec_file((specs_dir / (GetParam() + ".json")).string());
+    EXPECT_EQ(spec.name, GetParam());
+    for (const CheckResult& result : run_spec_checks(spec)) {
+        EXPECT_NE(result.status, CheckResult::Status::failed) << result.name << ": " << result.detail;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Specs, SpecFile, ::testing::ValuesIn(spec_file_names()),
+                         [](const auto& info) { return info.param; });
+
+TEST(SpecFiles, CoverEveryPreset) {
+    const auto names = spec_file_names();
+    for (const char* preset : {"linear_attention", "retnet", "lightning_attention", "mamba2", "gla", "hgrn2", "hgrn",
+                               "deltanet", "gated_deltanet", "kda", "comba", "deltaproduct", "rwkv7", "longhorn",
+                               "mesanet", "softmax_attention", "sliding_window_attention"}) {
+        EXPECT_NE(std::find(names.begin(), names.end(), preset), names.end()) << preset;
+    }
+}
+
+// ---- the spec of a preset builds the preset ------------------------------------------------
+
+using PresetFactory = std::function<std::unique_ptr<AnyLayer>(LayerOptions)>;
+
+template <class L>
+std::unique_ptr<AnyLayer> erase(L layer) {
+    return std::make_unique<ErasedLayer<L>>(std::move(layer));
+}
+
+struct PresetCase {
+    std::string file;
+    PresetFactory make;
+};
+
+std::vector<PresetCase> preset_cases() {
+    using namespace presets;
+    return {
+        {"linear_attention", [](LayerOptions o) { return erase(linear_attention(o)); }},
+        {"retnet", [](LayerOptions o) { return erase(retnet(o)); }},
+        {"lightning_attention", [](LayerOptions o) { return erase(lightning_attention(o)); }},
+        {"mamba2", [](LayerOptions o) { return erase(mamba2(o)); }},
+        {"gla", [](LayerOptions o) { return erase(gla(o)); }},
+        {"hgrn2", [](LayerOptions o) { return erase(hgrn2(o)); }},
+        {"hgrn", [](LayerOptions o) { return erase(elementwise_linear_rnn(o)); }},
+        {"deltanet", [](LayerOptions o) { return erase(deltanet(o)); }},
+        {"gated_deltanet", [](LayerOptions o) { return erase(gated_deltanet(o)); }},
+        {"kda", [](LayerOptions o) { return erase(kda(o)); }},
+        {"comba", [](LayerOptions o) { return erase(comba(o)); }},
+        {"deltaproduct", [](LayerOptions o) { return erase(deltaproduct(o, 2)); }},
+        {"rwkv7", [](LayerOptions o) { return erase(rwkv7(o)); }},
+        {"longhorn", [](LayerOptions o) { return erase(longhorn(o, true)); }},
+        {"mesanet", [](LayerOptions o) { return erase(mesanet(o)); }},
+        {"softmax_attention", [](LayerOptions o) { return erase(softmax_attention(o)); }},
+        {"sliding_window_attention", [](LayerOptions o) { return erase(sliding_window_attention(o, 64)); }},
+    };
+}
+
+class PresetSpec : public ::testing::TestWithParam<PresetCase> {};
+
+TEST_P(PresetSpec, MatchesTheCppPreset) {
+    const LayerSpec spec = load_spec_file((specs_dir / (GetParam().file + ".json")).string());
+    const auto from_spec = build_layer(spec);
+    const LayerDims& dims = from_spec->dims();
+    LayerOptions options;
+    options.heads = dims.heads;
+    options.key_dim = dims.key;
+    options.value_dim = dims.value;
+    const auto preset = GetParam().make(options);
+
+    // Long enough (40 tokens) that the sliding window of 64 is not the point; the window's own
+    // behaviour is covered by the kv-cache tests.
+    const SpecInputs inputs = random_inputs(*preset, 2, 40, 99);
+    auto a = from_spec->initial_state(2, true), b = preset->initial_state(2, true);
+    const Tensor<double> ours = from_spec->forward(inputs.view(), *a);
+    const Tensor<double> reference = preset->forward(inputs.view(), *b);
+    ASSERT_EQ(ours.shape(), reference.shape());
+    double worst = 0.0;
+    for (Index i = 0; i < ours.size(); ++i) worst = std::max(worst, std::abs(ours[i] - reference[i]));
+    EXPECT_EQ(worst, 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, PresetSpec, ::testing::ValuesIn(preset_cases()),
+                         [](const auto& info) { return info.param.file; });
+
+// ---- every registered combination is reachable from JSON -----------------------------------
+
+TEST(Registry, HoldsTheEighteenValidCombinations) {
+    // Counted by hand from the rules in layer/traits.hpp: matrix has 2 retentions x (2 dot-product
+    // algorithms + 4 l2 algorithms) = 12; vector has 2 biases x 2 retentions with gd = 4; kv_cache
+    // has l2 x 2 retentions with nonparametric = 2.
+    EXPECT_EQ(registered_combinations().size(), 18u);
+}
+
+json minimal_spec(const std::string& key) {
+    std::vector<std::string> parts;
+    std::stringstream in(key);
+    for (std::string part; std::getline(in, part, '/');) parts.push_back(part);
+    json spec{{"name", "combination"},
+              {"memory", {{"type", parts[0]}}},
+              {"attentional_bias", {{"type", parts[1]}}},
+              {"retention", {{"type", parts[2]}}},
+              {"algorithm", {{"type", parts[3]}}},
+              {"dims", {{"heads", 2}, {"key", 4}, {"value", 4}}}};
+    if (parts[2] == "decay") spec["retention"]["gate"] = {{"gate", "per_token"}, {"axis", "head"}};
+    return spec;
+}
+
+class Combination : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Combination, BuildsFromJsonWithItsComponents) {
+    const auto layer = build_layer(parse_spec(minimal_spec(GetParam())));
+    EXPECT_EQ(layer->memory_name() + "/" + layer->bias_name() + "/" + layer->retention_name() + "/" +
+                  layer->algorithm_name(),
+              GetParam());
+}
+
+TEST_P(Combination, PassesTheGenericChecks) {
+    CheckOptions options;
+    options.horizon = 256;
+    for (const CheckResult& result : run_spec_checks(parse_spec(minimal_spec(GetParam())), options)) {
+        EXPECT_NE(result.status, CheckResult::Status::failed) << result.name << ": " << result.detail;
+    }
+}
+
+TEST_P(Combination, ReportsTheStateSizeItSaves) {
+    // The saved tensors hold B * H heads' state, and the kv cache one entry per token (no window).
+    const auto layer = build_layer(parse_spec(minimal_spec(GetParam())));
+    const Index B = 2, T = 5, H = layer->dims().heads;
+    const SpecInputs inputs = random_inputs(*layer, B, T, 4);
+    auto state = layer->initial_state(B, true);
+    layer->forward(inputs.view(), *state);
+    Index saved = 0;
+    for (const auto& [name, tensor] : layer->save_state(*state)) saved += tensor.size();
+    const Index pairs = layer->memory_name() == "kv_cache" ? T : 1;
+    EXPECT_EQ(saved, layer->state_size_per_head() * B * H * pairs);
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, Combination, ::testing::ValuesIn(registered_combinations()), [](const auto& info) {
+    std::string name = info.param;
+    std::replace(name.begin(), name.end(), '/', '_');
+    return name;
+});
+
+// ---- the checks can fail -------------------------------------------------------------------
+
+class TemporaryDirectory {
+public:
+    TemporaryDirectory() : path_(fs::temp_directory_path() / ("miras_spec_test_" + std::to_string(std::random_device{}()))) {
+        fs::create_directories(path_);
+    }
+    ~TemporaryDirectory() { fs::remove_all(path_); }
+    fs::path write(const std::string& name, const json& content) const {
+        std::ofstream(path_ / name) << content.dump(2);
+        return path_ / name;
+    }
+
+private:
+    fs::path path_;
+};
+
+const CheckResult& find_check(const std::vector<CheckResult>& results, const std::string& prefix) {
+    for (const auto& result : results) {
+        if (result.name.rfind(prefix, 0) == 0) return result;
+    }
+    throw std::runtime_error("no check named " + prefix);
+}
+
+TEST(SpecChecks, EquivalenceFailsForDifferentLayers) {
+    TemporaryDirectory dir;
+    json gated = minimal_spec("matrix/l2/decay/gd");
+    json plain = minimal_spec("matrix/l2/none/gd");
+    plain["expect"] = {{"equivalent_to", "gated.json"}};
+    dir.write("gated.json", gated);
+    const auto results = run_spec_checks(load_spec_file(dir.write("plain.json", plain).string()));
+    EXPECT_EQ(find_check(results, "equivalent_to").status, CheckResult::Status::failed);
+}
+
+TEST(SpecChecks, FinitenessFailsForAnUnstableRate) {
+    // eta = 100 with unit keys gives the delta rule the transition I - 100 k k^T, whose eigenvalue
+    // -99 overflows float within a few dozen tokens.
+    json spec = minimal_spec("matrix/l2/none/gd");
+    spec["algorithm"]["rate"] = {{"gate", "per_token"}};
+    spec["probe"] = {{"gates", {{"eta", 100.0}}}};
+    const auto results = run_spec_checks(parse_spec(spec));
+    EXPECT_EQ(find_check(results, "finite").status, CheckResult::Status::failed);
+}
+
+TEST(SpecChecks, UpdateDirectionRunsForGradientSteps) {
+    for (const char* name : {"deltanet", "gated_deltanet", "comba", "implicit_key_decay", "vector_delta"}) {
+        const auto results = run_spec_checks(load_spec_file((specs_dir / (std::string(name) + ".json")).string()));
+        EXPECT_EQ(find_check(results, "update_direction").status, CheckResult::Status::ok) << name;
+    }
+}
+
+TEST(SpecChecks, UpdateDirectionSkipsClosedForms) {
+    for (const char* name : {"mesanet", "rwkv7", "longhorn", "softmax_attention", "deltaproduct"}) {
+        const auto results = run_spec_checks(load_spec_file((specs_dir / (std::string(name) + ".json")).string()));
+        EXPECT_EQ(find_check(results, "update_direction").status, CheckResult::Status::skipped) << name;
+    }
+}
+
+TEST(SpecChecks, HorizonComesFromTheSpec) {
+    json spec = minimal_spec("matrix/l2/none/gd");
+    spec["expect"] = {{"finite_for_tokens", 123}};
+    EXPECT_EQ(find_check(run_spec_checks(parse_spec(spec)), "finite").name, "finite_123_tokens");
+}
+
+TEST(SpecProbe, DefaultsEveryPerTokenGate) {
+    json spec = minimal_spec("matrix/l2/decay/least_squares");
+    spec["algorithm"]["strength"] = {{"gate", "per_token"}};
+    const LayerSpec parsed = parse_spec(spec);
+    EXPECT_EQ(parsed.probe_gates, (std::map<std::string, double>{{"beta", 1.0}, {"g", 0.0}}));
+}
+
+TEST(SpecProbe, TakesTheSpecValues) {
+    json spec = minimal_spec("matrix/l2/decay/gd");
+    spec["algorithm"]["rate"] = {{"gate", "per_token"}};
+    spec["probe"] = {{"gates", {{"eta", 0.5}, {"g", -0.25}}}};
+    EXPECT_EQ(parse_spec(spec).probe_gates, (std::map<std::string, double>{{"eta", 0.5}, {"g", -0.25}}));
+}
+
+TEST(SpecProbe, LeavesFixedGatesOut) {
+    json spec = minimal_spec("matrix/dot_product/none/gd");
+    EXPECT_TRUE(parse_spec(spec).probe_gates.empty());
+}
+
+// ---- the memorisation probe against closed forms ------------------------------------------
+
+LayerSpec spec_file(const std::string& name) { return load_spec_file((specs_dir / (name + ".json")).string()); }
+
+TEST(MemorisationProbe, DeltaRuleRecallsOnePairExactly) {
+    // eta = 1 and ||k|| = 1: W = v k^T, so W k = v.
+    const ProbeResult probe = memorisation_probe(spec_file("deltanet"), 1, 3);
+    EXPECT_LT(probe.mean_squared_error, 1e-24);
+    EXPECT_EQ(probe.accuracy, 1.0);
+}
+
+TEST(MemorisationProbe, MesaNetHalvesOnePair) {
+    // beta = 1, lambda = 1: W = v k^T and H = k k^T, so the read is v k^T (k k^T + I)^{-1} k = v / 2
+    // and ||v / 2 - v||^2 = 1/4.
+    const ProbeResult probe = memorisation_probe(spec_file("mesanet"), 1, 3);
+    EXPECT_NEAR(probe.mean_squared_error, 0.25, 1e-12);
+}
+
+TEST(MemorisationProbe, CountsEveryWrittenPair) {
+    // DeltaProduct writes two pairs per token.
+    EXPECT_EQ(memorisation_probe(spec_file("deltaproduct"), 3, 3).pairs, 6);
+}
+
+TEST(SpecChecks, ProbeFailsAboveItsErrorThreshold) {
+    LayerSpec spec = spec_file("mesanet");
+    spec.expect = {{"probe", {{"pairs", 1}, {"max_error", 0.2}}}};
+    EXPECT_EQ(find_check(run_spec_checks(spec), "probe").status, CheckResult::Status::failed);
+}
+
+TEST(SpecChecks, ProbePassesBelowItsErrorThreshold) {
+    LayerSpec spec = spec_file("mesanet");
+    spec.expect = {{"probe", {{"pairs", 1}, {"max_error", 0.3}}}};
+    EXPECT_EQ(find_check(run_spec_checks(spec), "probe").status, CheckResult::Status::ok);
+}
+
+}  // namespace
+}  // namespace miras

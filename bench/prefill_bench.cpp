@@ -61,9 +61,10 @@ void run_prefill(benchmark::State& state, L layer, bool per_key_decay) {
                                                    benchmark::Counter::kIs1000);
 }
 
-LayerOptions prefill_options(Execution execution) {
+LayerOptions prefill_options(Execution execution, int threads = 1) {
     LayerOptions options{.heads = 8, .key_dim = 128, .value_dim = 128};
     options.execution = execution;
+    options.threads = threads;
     return options;
 }
 
@@ -79,7 +80,11 @@ void BM_Mamba2PrefillChunked(benchmark::State& state) {
 void BM_GlaPrefillRecurrent(benchmark::State& state) {
     run_prefill(state, presets::gla(prefill_options(Execution::recurrent)), true);
 }
+void BM_GatedDeltaNetPrefillChunkedTwoThreads(benchmark::State& state) {
+    run_prefill(state, presets::gated_deltanet(prefill_options(Execution::chunked, 2)), false);
+}
 BENCHMARK(BM_GatedDeltaNetPrefillRecurrent)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GatedDeltaNetPrefillChunkedTwoThreads)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_GatedDeltaNetPrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Mamba2PrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GlaPrefillRecurrent)->Unit(benchmark::kMillisecond);

@@ -1,7 +1,7 @@
 // Chunked execution of the matrix-memory layers whose recurrence is linear in the state: the delta
-// rule family (l2 bias) and the decayed linear attention family (dot-product bias), each with one
-// gradient step per token, a per-head rate and no retention or a per-head decay. It returns the
-// numbers of the token-by-token loop, computed with a few matrix products per chunk of C tokens.
+// rule family (l2 bias) and the decayed linear attention family (dot-product bias). Both take one
+// gradient step per token with a per-head rate, and no retention or a per-head decay. The chunked
+// form returns the numbers of the token loop, computed with a few matrix products per chunk.
 //
 // Within a chunk, with the chunk's start state W_0, cumulative log-decays G_r = g_1 + ... + g_r and
 // the exponent E_r of the state where token r's prediction is taken (E_r = G_r for
@@ -109,8 +109,9 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
             }
             for (Index c = 0; c < V; ++c) Vn(r, c) = v[c];
             const S g = layer.retention().log_decay(retention_gates, b, t, h)[0];
-            G[r] = (r == 0 ? S(0) : G[r - 1]) + g;
-            E[r] = gradient_first ? (r == 0 ? S(0) : G[r - 1]) : G[r];
+            const S previous = r == 0 ? S(0) : G[r - 1];
+            G[r] = previous + g;
+            E[r] = gradient_first ? previous : G[r];
             eta[r] = algorithm_gates.eta.at(b, t, h)[0];
         }
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "miras/algorithm/context.hpp"
+#include "miras/core/parallel.hpp"
 #include "miras/layer/chunked.hpp"
 #include "miras/layer/fused.hpp"
 #include "miras/layer/options.hpp"
@@ -82,6 +83,7 @@ public:
         check_positive(options_.value_dim, "value dimension");
         check_positive(options_.steps_per_token, "steps per token");
         check_positive(options_.chunk_size, "chunk size");
+        check_positive(options_.threads, "thread count");
         if (options_.query_scale && !std::isfinite(*options_.query_scale)) {
             throw ConfigError("query scale " + std::to_string(*options_.query_scale) + " is invalid; valid is a finite number");
         }
@@ -205,42 +207,39 @@ public:
         if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) {
             if (options_.execution != Execution::reference && detail::chunkable(*this)) {
                 const bool chunked = runs_chunked(T);
-                for (Index b = 0; b < B; ++b) {
-                    for (Index h = 0; h < H; ++h) {
-                        auto& W = state.heads[static_cast<std::size_t>(b * H + h)].memory;
-                        if (chunked) {
-                            detail::forward_head_chunked(*this, inputs, retention_gates, algorithm_gates, b, h, T, W, output);
-                        } else {
-                            detail::forward_head_fused(*this, inputs, retention_gates, algorithm_gates, b, h, T, W, output);
-                        }
+                parallel_for(B * H, options_.threads, [&](Index task) {
+                    const Index b = task / H, h = task % H;
+                    auto& W = state.heads[static_cast<std::size_t>(task)].memory;
+                    if (chunked) {
+                        detail::forward_head_chunked(*this, inputs, retention_gates, algorithm_gates, b, h, T, W, output);
+                    } else {
+                        detail::forward_head_fused(*this, inputs, retention_gates, algorithm_gates, b, h, T, W, output);
                     }
-                }
+                });
                 return output;
             }
         }
-        Scratch<S> scratch;
-        Vec<S> x, query, y;
-
-        for (Index b = 0; b < B; ++b) {
-            for (Index h = 0; h < H; ++h) {
-                HeadState<S>& head = state.heads[static_cast<std::size_t>(b * H + h)];
-                for (Index t = 0; t < T; ++t) {
-                    const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
-                    S* o = output.data() + ((b * T + t) * H + h) * V;
-                    if (options_.read == ReadTiming::before_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
-                    for (Index i = 0; i < n; ++i) {
-                        const Index step = t * n + i;
-                        const S* k = inputs.k.data() + ((b * T * n + step) * H + h) * K;
-                        const S* v = inputs.v.data() + ((b * T * n + step) * H + h) * V;
-                        memory_.map(k, K, x);
-                        WriteContext<Memory, Bias, Retention, S> ctx{memory_, bias_, retention_, retention_gates, dims_,
-                                                                     b, h, t, step, i == 0, k, v, x, &bias_gates};
-                        algorithm_.write(ctx, head.memory, head.algorithm, algorithm_gates, scratch);
-                    }
-                    if (options_.read == ReadTiming::after_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
+        parallel_for(B * H, options_.threads, [&](Index task) {
+            const Index b = task / H, h = task % H;
+            Scratch<S> scratch;
+            Vec<S> x, query, y;
+            HeadState<S>& head = state.heads[static_cast<std::size_t>(task)];
+            for (Index t = 0; t < T; ++t) {
+                const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
+                S* o = output.data() + ((b * T + t) * H + h) * V;
+                if (options_.read == ReadTiming::before_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
+                for (Index i = 0; i < n; ++i) {
+                    const Index step = t * n + i;
+                    const S* k = inputs.k.data() + ((b * T * n + step) * H + h) * K;
+                    const S* v = inputs.v.data() + ((b * T * n + step) * H + h) * V;
+                    memory_.map(k, K, x);
+                    WriteContext<Memory, Bias, Retention, S> ctx{memory_, bias_, retention_, retention_gates, dims_,
+                                                                 b, h, t, step, i == 0, k, v, x, &bias_gates};
+                    algorithm_.write(ctx, head.memory, head.algorithm, algorithm_gates, scratch);
                 }
+                if (options_.read == ReadTiming::after_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
             }
-        }
+        });
         return output;
     }
 

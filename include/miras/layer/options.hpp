@@ -28,6 +28,9 @@ struct LayerOptions {
     Execution execution = Execution::automatic;
     /// Tokens per chunk of the chunked form; it changes the speed, never the result.
     Index chunk_size = 64;
+    /// Threads over the (sequence, head) pairs of a call. Each pair runs on one thread, so the
+    /// results are bitwise the same for every thread count.
+    int threads = 1;
 };
 
 }  // namespace miras

@@ -7,7 +7,7 @@
 #   slurm-test-cluster.sh stop DIR    stops the daemons started from DIR (by their pid files)
 #
 # Exit status of start: 0 when the cluster accepts jobs, 3 when Slurm cannot run here (not root,
-# packages missing, a daemon fails to start); the reason is on stderr, the logs are in DIR.
+# packages missing, a daemon fails to start). The reason goes to stderr and the logs stay in DIR.
 set -uo pipefail
 
 usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }

@@ -1,7 +1,7 @@
-// Benchmark sweeps: the grid expands into a stable numbered manifest, bad sweep files are rejected
-// by field, an entry runs once and its result is checked against the Hebbian closed form, a local
-// sweep stopped midway finishes only the rest, collect names failed and missing entries, and a job
-// array on a single-node Slurm cluster (loopback only) gives the same table as a local run.
+// Benchmark sweeps. The grid expands into a stable numbered manifest, and bad sweep files are
+// rejected by field. An entry runs once and matches the Hebbian closed form. A local sweep stopped
+// midway finishes only the rest, and collect names failed and missing entries. A job array on a
+// single-node Slurm cluster (loopback only) collects to the same table as a local run.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,7 +59,7 @@ protected:
     std::string out() const { return read(path("out.txt")); }
     std::string err() const { return read(path("err.txt")); }
 
-    /// A quick probe sweep over linear attention and DeltaNet.
+    /// Returns a quick probe sweep over linear attention and DeltaNet.
     std::string small_sweep(const std::string& name, const std::string& probes, const std::string& extra = "") const {
         return R"({"name": ")" + name + R"(", "task": "probe", "output_dir": "out-)" + name + R"(",
             "specs": [")" + specs_dir + R"(linear_attention.json", ")" + specs_dir + R"(deltanet.json"],
@@ -173,7 +173,7 @@ TEST_F(SweepTest, MissingSpecsListIsRejected) {
 // ---------------------------------------------------------------------------------------------
 // One entry
 
-TEST_F(SweepTest, RunWritesOneResultOnceAndMatchesTheHebbianClosedForm) {
+TEST_F(SweepTest, RunMatchesHebbianAndRunsOnce) {
     // Linear attention at key_dim 16, capacity probe. With N = d random unit keys a Hebbian read is
     // v plus the crosstalk of N - 1 other pairs: cos ~ 1 / sqrt(1 + (N - 1) / d) (query scale does
     // not change a cosine).
@@ -201,7 +201,7 @@ TEST_F(SweepTest, RunWritesOneResultOnceAndMatchesTheHebbianClosedForm) {
     EXPECT_EQ(read(result_file), text);
 }
 
-TEST_F(SweepTest, AnIndexOutOfRangeIsBadInput) {
+TEST_F(SweepTest, RunRejectsIndexOutOfRange) {
     write("range.json", small_sweep("range", R"(["capacity"])"));
     EXPECT_EQ(miras("sweep run " + path("range.json") + " --index 2"), 2);
     EXPECT_NE(err().find("valid is 0 to 1"), std::string::npos) << err();
@@ -270,7 +270,7 @@ TEST_F(SweepTest, AKilledLocalSweepResumes) {
     EXPECT_EQ(out().find("missing:"), std::string::npos) << out();
 }
 
-TEST_F(SweepTest, CollectNamesFailedAndMissingEntriesWithTheirLogs) {
+TEST_F(SweepTest, CollectListsFailedAndMissing) {
     write("broken.json", R"({"name": "broken", "memory": {"type": "matrix"}, "attentional_bias": {"type": "l2"},
         "retention": {"type": "none"}, "algorithm": {"type": "no_such_algorithm"}})");
     write("mixed.json", R"({"name": "mixed", "output_dir": "out-mixed", "quick": true, "specs": [")" + specs_dir +
@@ -361,7 +361,7 @@ protected:
     bool started_ = false;
 };
 
-TEST_F(SlurmCluster, JobArrayCollectsTheSameTableAsALocalRun) {
+TEST_F(SlurmCluster, JobArrayMatchesLocalTable) {
     write("cluster.json", small_sweep("cluster", R"(["capacity", "recency", "stream"])",
                                       R"(, "slurm": {"time": "00:05:00", "mem": "200M", "throttle": 2})"));
     ASSERT_EQ(miras("sweep local " + path("cluster.json") + " --jobs 2"), 0) << err();

@@ -1,6 +1,6 @@
-// Benchmark grids: a sweep file names specs, a task and a grid of parameters; the grid expands into
-// a numbered manifest whose entries run one at a time (`miras sweep run`), on this machine with
-// worker processes (`local`) or as a Slurm job array (`slurm`), and merge into one table (`collect`).
+// Benchmark grids. A sweep file names specs, a task and a grid of parameters, and the grid expands
+// into a numbered manifest. Each entry runs alone (`miras sweep run`), in worker processes here
+// (`local`) or as a Slurm array task (`slurm`); `collect` merges the results into one table.
 // The format is documented in docs/sweeps.md and docs/sweep.schema.json.
 #pragma once
 
@@ -64,7 +64,7 @@ struct Sweep {
 };
 
 /// Reads, validates and expands a sweep file. Raises ConfigError naming the field, its value and
-/// what is valid; a spec that does not load raises its SpecError with the file named.
+/// what is valid. Spec files are only checked to exist and parse as JSON here (`plan` builds them).
 Sweep load_sweep(const fs::path& file);
 
 /// The manifest: the sweep's name, task and every entry with its index.
@@ -83,7 +83,7 @@ EntryState entry_state(const Sweep& sweep, std::size_t index);
 
 /// Exit statuses of run_entry.
 inline constexpr int entry_ok = 0;      // finished now or earlier
-inline constexpr int entry_failed = 1;  // the entry raised an error (failed.json and the log say which)
+inline constexpr int entry_failed = 1;  // the entry raised an error, recorded in failed.json and the log
 inline constexpr int entry_busy = 4;    // another process holds the entry's lock
 
 /// Runs entry `index` unless its result exists. The result is written to a temporary file and
@@ -104,8 +104,8 @@ struct CollectReport {
     std::vector<std::size_t> missing;
 };
 
-/// Merges the finished entries into the recall tables on `out` and writes summary.csv, points.csv
-/// and results.json in the output folder; failed and missing entries are listed on `out` with
+/// Merges the finished entries into the recall tables on `out`, and writes summary.csv, points.csv
+/// and results.json in the output folder. Failed and missing entries are listed on `out` with
 /// their log paths.
 CollectReport collect(const Sweep& sweep, std::ostream& out);
 

@@ -1,6 +1,6 @@
-// `miras sweep collect`: the finished entries of a sweep merged into the tables of `miras recall`
-// (one row per spec, key dimension, seed and repetition; one column per probe, at the probe's
-// headline point), plus summary.csv, points.csv and results.json in the sweep's output folder.
+// `miras sweep collect` merges the finished entries of a sweep into the tables of `miras recall`.
+// A row is a spec, key dimension, seed and repetition, and a column is a probe at its headline
+// point. It also writes summary.csv, points.csv and results.json in the sweep's output folder.
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -48,7 +48,7 @@ std::string right(const std::string& text, std::size_t n) {
     return text.size() < n ? std::string(n - text.size(), ' ') + text : " " + text;
 }
 
-/// The label of a probe's headline point, as `miras recall` prints it.
+/// Formats the label of a probe's headline point as `miras recall` prints it.
 std::string headline_label(const std::string& probe, double x) {
     static const std::map<std::string, std::string> prefix{{"capacity", "N/d="}, {"noise", "sigma="},
                                                            {"outliers", "f="},   {"recency", "age="},

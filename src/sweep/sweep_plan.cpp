@@ -1,6 +1,8 @@
 // Sweep files: validation, expansion of the grid into numbered entries, the manifest and the
 // layout of the output folder. The numbering depends on the file alone: specs in file order, then
 // key dimensions, seeds, repetitions and probes, the last varying fastest.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -54,7 +56,7 @@ std::int64_t integer(const fs::path& file, const nlohmann::json& value, const st
     return value.get<std::int64_t>();
 }
 
-/// A grid axis: a list (or one value), never empty, without repeats.
+/// Returns the values of a grid axis given as a list or one value; rejects an empty list and repeats.
 std::vector<nlohmann::json> axis(const fs::path& file, const nlohmann::json& grid, const std::string& key) {
     const auto& value = grid.at(key);
     std::vector<nlohmann::json> values;
@@ -72,8 +74,8 @@ std::vector<nlohmann::json> axis(const fs::path& file, const nlohmann::json& gri
     return values;
 }
 
-/// The spec's "name" (its file stem when absent). The rest of the spec is checked by `plan` and by
-/// each entry's run, so that one bad spec fails its own entries only.
+/// Returns the spec's "name" (its file stem when absent). `plan` and each entry's run check the
+/// rest of the spec, so that one bad spec fails its own entries only.
 std::string spec_name(const fs::path& file, const std::string& field, const fs::path& spec) {
     nlohmann::json json;
     try {
@@ -284,7 +286,8 @@ void write_manifest(const Sweep& sweep) {
         }
     }
     fs::create_directories(sweep.output_dir);
-    const fs::path temporary = path.string() + ".tmp";
+    // Array tasks may start together on a new folder: each writes its own temporary file.
+    const fs::path temporary = path.string() + ".tmp-" + std::to_string(getpid());
     {
         std::ofstream file(temporary, std::ios::trunc);
         file << manifest.dump(2) << "\n";

@@ -65,7 +65,7 @@ std::string shell_quoted(const std::string& text) {
     return quoted + "'";
 }
 
-/// The spec of an entry, with its key and value dimension replaced by the entry's key_dim.
+/// Loads the spec of an entry with its key and value dimension set to the entry's key_dim.
 LayerSpec entry_spec(const Entry& entry) {
     if (entry.key_dim == 0) return load_spec_file(entry.spec.string());
     nlohmann::json json;

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -57,6 +58,12 @@ protected:
         return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     }
     std::string out() const { return read(path("out.txt")); }
+    /// Returns the result file of entry `index` in the folder `output`.
+    std::string result(const std::string& output, int index) const {
+        char name[32];
+        std::snprintf(name, sizeof name, "%05d", index);
+        return path(output + "/entries/" + name + "/result.json");
+    }
     std::string err() const { return read(path("err.txt")); }
 
     /// Returns a quick probe sweep over linear attention and DeltaNet.
@@ -236,7 +243,11 @@ TEST_F(SweepTest, AStoppedLocalSweepFinishesOnlyTheRest) {
 }
 
 TEST_F(SweepTest, AKilledLocalSweepResumes) {
-    write("kill.json", small_sweep("kill", R"(["capacity", "noise", "outliers", "recency"])"));
+    // 80 entries, so that the kill lands long before the end even when an entry takes milliseconds.
+    write("kill.json", R"({"name": "kill", "output_dir": "out-kill", "quick": true, "specs": [")" + specs_dir +
+                           R"(linear_attention.json", ")" + specs_dir + R"(deltanet.json"], "grid": {"key_dim": [8],
+                           "probe": ["capacity", "noise", "outliers", "recency"], "seed": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}})");
+    const int count = 80;
     const pid_t child = fork();
     ASSERT_GE(child, 0);
     if (child == 0) {
@@ -259,14 +270,14 @@ TEST_F(SweepTest, AKilledLocalSweepResumes) {
     waitpid(child, &status, 0);
     ASSERT_TRUE(fs::exists(path("out-kill/entries/00000/result.json"))) << read(path("kill-out.txt"));
     std::size_t finished_before = 0;
-    for (int i = 0; i < 8; ++i) finished_before += fs::exists(path("out-kill/entries/0000" + std::to_string(i) + "/result.json"));
-    ASSERT_LT(finished_before, 8u) << "the sweep finished before it was killed";
+    for (int i = 0; i < count; ++i) finished_before += fs::exists(result("out-kill", i));
+    ASSERT_LT(finished_before, static_cast<std::size_t>(count)) << "the sweep finished before it was killed";
     const auto first_time = fs::last_write_time(path("out-kill/entries/00000/result.json"));
 
     ASSERT_EQ(miras("sweep local " + path("kill.json") + " --jobs 2"), 0) << err();
     EXPECT_NE(err().find(std::to_string(finished_before) + " already done"), std::string::npos) << err();
     EXPECT_EQ(fs::last_write_time(path("out-kill/entries/00000/result.json")), first_time);
-    for (int i = 0; i < 8; ++i) EXPECT_TRUE(fs::exists(path("out-kill/entries/0000" + std::to_string(i) + "/result.json"))) << i;
+    for (int i = 0; i < count; ++i) EXPECT_TRUE(fs::exists(result("out-kill", i))) << i;
     EXPECT_EQ(out().find("missing:"), std::string::npos) << out();
 }
 

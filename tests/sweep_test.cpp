@@ -268,6 +268,12 @@ TEST_F(SweepTest, AKilledLocalSweepResumes) {
     kill(-child, SIGKILL);
     int status = 0;
     waitpid(child, &status, 0);
+    // The worker is a grandchild: wait (at most 10 s) until it too is gone, so that no result
+    // appears after the count below.
+    const auto gone = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (kill(-child, 0) == 0 && std::chrono::steady_clock::now() < gone) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     ASSERT_TRUE(fs::exists(path("out-kill/entries/00000/result.json"))) << read(path("kill-out.txt"));
     std::size_t finished_before = 0;
     for (int i = 0; i < count; ++i) finished_before += fs::exists(result("out-kill", i));

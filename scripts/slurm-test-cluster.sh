@@ -30,6 +30,14 @@ stop_pidfile() {
 }
 
 stop_cluster() {
+  # Jobs still queued or running on this test cluster end first, so that no job step outlives slurmd.
+  if [ -s "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+    SLURM_CONF=$dir/slurm.conf timeout 5 scancel --user="$(id -un)" >/dev/null 2>&1
+    for _ in $(seq 20); do
+      [ -z "$(SLURM_CONF=$dir/slurm.conf timeout 5 squeue -h 2>/dev/null)" ] && break
+      sleep 0.25
+    done
+  fi
   stop_pidfile "$dir/slurmd.pid"
   stop_pidfile "$dir/slurmctld.pid"
   stop_pidfile "$dir/munged.pid"

@@ -340,6 +340,14 @@ TEST_F(SweepTest, SlurmScriptRunsOneEntryPerArrayTask) {
     EXPECT_NE(read(path("out-array/slurm/sweep.sbatch")).find("#SBATCH --array=0,2-5%3\n"), std::string::npos);
 }
 
+TEST_F(SweepTest, SlurmRejectsOutputPathWithSpace) {
+    write("space.json", R"({"name": "space", "output_dir": "out with space", "specs": [")" + specs_dir +
+                            R"(deltanet.json"]})");
+    EXPECT_EQ(miras("sweep slurm " + path("space.json")), 2);
+    EXPECT_NE(err().find("out with space"), std::string::npos) << err();
+    EXPECT_FALSE(fs::exists(path("out with space/slurm/sweep.sbatch")));
+}
+
 /// Starts the test cluster in SetUp (or skips) and always stops it in TearDown.
 class SlurmCluster : public SweepTest {
 protected:

@@ -264,6 +264,13 @@ std::string slurm_script(const Sweep& sweep, const fs::path& self, const std::ve
     std::string array = array_ranges(indices);
     if (sweep.slurm.throttle > 0) array += "%" + std::to_string(sweep.slurm.throttle);
     const fs::path logs = sweep.output_dir / "slurm";
+    // An #SBATCH line is not parsed by a shell, so a path there cannot be quoted; sbatch also
+    // expands % in --output.
+    if (logs.string().find_first_of(" \t\n%") != std::string::npos) {
+        throw InputError("output folder '" + sweep.output_dir.string() +
+                         "' contains a space, tab or '%', which an #SBATCH --output line cannot carry; choose "
+                         "another output_dir");
+    }
     std::ostringstream script;
     script << "#!/bin/bash\n"
            << "# Written by `miras sweep slurm` for the sweep '" << sweep.name << "': one array task per entry of\n"

@@ -263,6 +263,7 @@ std::string slurm_script(const Sweep& sweep, const fs::path& self, const std::ve
     }
     std::string array = array_ranges(indices);
     if (sweep.slurm.throttle > 0) array += "%" + std::to_string(sweep.slurm.throttle);
+
     const fs::path logs = sweep.output_dir / "slurm";
     // An #SBATCH line is not parsed by a shell, so a path there cannot be quoted; sbatch also
     // expands % in --output.
@@ -271,6 +272,7 @@ std::string slurm_script(const Sweep& sweep, const fs::path& self, const std::ve
                          "' contains a space, tab or '%', which an #SBATCH --output line cannot carry; choose "
                          "another output_dir");
     }
+
     std::ostringstream script;
     script << "#!/bin/bash\n"
            << "# Written by `miras sweep slurm` for the sweep '" << sweep.name << "': one array task per entry of\n"
@@ -285,6 +287,7 @@ std::string slurm_script(const Sweep& sweep, const fs::path& self, const std::ve
     if (!sweep.slurm.partition.empty()) script << "#SBATCH --partition=" << sweep.slurm.partition << "\n";
     if (!sweep.slurm.account.empty()) script << "#SBATCH --account=" << sweep.slurm.account << "\n";
     for (const auto& line : sweep.slurm.extra) script << "#SBATCH " << line << "\n";
+
     script << "set -eu\n"
            << "export OMP_NUM_THREADS=" << sweep.slurm.cpus_per_task << "\n"
            << "exec " << shell_quoted(self.string()) << " sweep run " << shell_quoted(sweep.file.string())

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -32,8 +33,10 @@ const std::string specs_dir = std::string(MIRAS_SOURCE_DIR) + "/specs/";
 class SweepTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        dir_ = fs::temp_directory_path() / ("miras_sweep_test_" + std::to_string(getpid()) + "_" +
-                                            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        // A parameterised test's name contains '/', which must not make a nested folder.
+        std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+        std::replace(name.begin(), name.end(), '/', '_');
+        dir_ = fs::temp_directory_path() / ("miras_sweep_test_" + std::to_string(getpid()) + "_" + name);
         fs::remove_all(dir_);
         fs::create_directories(dir_);
     }

@@ -7,6 +7,7 @@ packages=(
   libeigen3-dev libboost-dev nlohmann-json3-dev
   libgtest-dev libbenchmark-dev libcli11-dev libfmt-dev
   gnuplot-nox
+  slurm-wlm munge
 )
 
 missing=()

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
     add(miras::cli::add_check_command);
     add(miras::cli::add_run_command);
     add(miras::cli::add_recall_command);
+    add(miras::cli::add_sweep_command);
 
     try {
         app.parse(argc, argv);

@@ -168,4 +168,13 @@ TEST_F(RecallSpecs, ScaledErrorIgnoresQueryScale) {
     }
 }
 
+TEST(RecallSpecFiles, SpecWithEquivalentToLoads) {
+    // Parsing rewrites expect.equivalent_to, so the probe must rebuild from the file as written.
+    for (const miras::Index key_dim : {miras::Index{0}, miras::Index{4}}) {
+        const auto loaded = miras::recall::load_spec_targets({kSpecs / "zero_decay_delta.json"}, key_dim);
+        EXPECT_EQ(loaded.targets.size(), 1u) << "key dim " << key_dim;
+        EXPECT_TRUE(loaded.unprobed.empty()) << (loaded.unprobed.empty() ? "" : loaded.unprobed[0].reason);
+    }
+}
+
 }  // namespace

@@ -22,8 +22,8 @@ struct RunOptions {
     std::filesystem::path results_root = "results";
     /// Replacement of an existing output_dir instead of rejecting it.
     bool force = false;
-    /// Key dimension of the default layers; the spec files are probed at their own dims unless
-    /// their loader rebuilt them at another.
+    /// Key dimension of the presets of `miras recall --presets`. Spec files are probed at their own
+    /// dims unless load_spec_targets rebuilt them at another.
     Index key_dim = 32;
     /// Probe names to run; empty runs every probe.
     std::vector<std::string> probes;

@@ -6,7 +6,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
+#include <string>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -109,7 +111,7 @@ TEST_F(Cli, DescribeAndListSucceed) {
 }
 
 TEST_F(Cli, EverySubcommandHasHelp) {
-    for (const char* command : {"list", "describe", "check", "run"}) {
+    for (const char* command : {"list", "describe", "check", "run", "recall"}) {
         EXPECT_EQ(miras(std::string(command) + " --help"), 0) << command;
     }
 }
@@ -118,6 +120,44 @@ TEST_F(Cli, BadUsageExitsTwo) {
     EXPECT_EQ(miras(""), 2);
     EXPECT_EQ(miras("run " + path("tiny.json")), 2);
     EXPECT_EQ(miras("describe " + path("missing.json")), 2);
+}
+
+std::string text_of(const fs::path& file) {
+    std::ifstream in(file);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST_F(Cli, RecallProbesSpecFilesAndListsTheSkipped) {
+    const fs::path specs = fs::path(MIRAS_SOURCE_DIR) / "specs";
+    const std::string quick = " --quick --probes capacity --no-plots --output-dir " + path("recall");
+    ASSERT_EQ(miras("recall --spec " + path("tiny.json") + " " + (specs / "rwkv7.json").string() + quick), 0)
+        << text_of(path("stderr.txt"));
+    const std::string table = text_of(path("stdout.txt"));
+    EXPECT_NE(table.find("tiny"), std::string::npos) << table;
+    EXPECT_NE(table.find("skipped:\n  rwkv7: "), std::string::npos) << table;
+    EXPECT_EQ(read("recall/results.json")["layers"].size(), 1u);
+}
+
+TEST_F(Cli, RecallExitsOneWhenADeclaredThresholdFails) {
+    // Hebbian memory of 64 random pairs in R^2 cannot recall them all.
+    write("crowded.json", R"({"name": "crowded", "memory": {"type": "matrix"}, "attentional_bias": {"type": "dot_product"},
+        "retention": {"type": "none"}, "algorithm": {"type": "gd"}, "dims": {"heads": 1, "key": 2, "value": 2},
+        "expect": {"probe": {"pairs": 64, "min_accuracy": 0.99}}})");
+    EXPECT_EQ(miras("recall --spec " + path("crowded.json") + " --quick --probes capacity --no-plots --output-dir " +
+                    path("recall")),
+              1);
+    EXPECT_NE(text_of(path("stdout.txt")).find("FAIL crowded"), std::string::npos) << text_of(path("stdout.txt"));
+}
+
+TEST_F(Cli, RecallRunsOverAFolderOfSpecs) {
+    fs::create_directories(dir_ / "specs");
+    fs::copy_file(dir_ / "tiny.json", dir_ / "specs" / "tiny.json");
+    write("specs/schema.json", "{}");
+    ASSERT_EQ(miras("recall --specs-dir " + path("specs") + " --quick --probes recency --no-plots --output-dir " +
+                    path("recall")),
+              0)
+        << text_of(path("stderr.txt"));
+    EXPECT_EQ(read("recall/results.json")["layers"][0]["name"], "tiny");
 }
 
 }  // namespace

@@ -164,4 +164,31 @@ TEST(Tally, PicksTheCandidateByCosineNotLength) {
     EXPECT_NEAR(tally.point(0).cosine, 0.8, 1e-15);
 }
 
+TEST(Tally, ScaledErrorIsTheErrorAtTheBestGain) {
+    probe::Tally tally;
+    const Mat<double> candidates = Mat<double>::Identity(2, 2);
+    Vec<double> y(2);
+    y << 2.0, 0.0;  // twice its value
+    tally.add(y, candidates.row(0).transpose(), candidates, 0);
+    y << 0.0, 1.0;  // exactly its value
+    tally.add(y, candidates.row(1).transpose(), candidates, 1);
+    // Squared error at gain c, summed over both reads and both channels: (2c - 1)^2 + (c - 1)^2,
+    // smallest at c = 3/5.
+    const auto error = [](double c) { return ((2 * c - 1) * (2 * c - 1) + (c - 1) * (c - 1)) / 4.0; };
+    const auto point = tally.point(0);
+    EXPECT_NEAR(point.gain, 0.6, 1e-15);
+    EXPECT_NEAR(point.scaled_mse, error(0.6), 1e-15);
+    EXPECT_LT(point.scaled_mse, error(0.59));
+    EXPECT_LT(point.scaled_mse, error(0.61));
+    EXPECT_NEAR(point.mse, error(1.0), 1e-15);
+}
+
+TEST(Tally, ScaledErrorOfAZeroReadIsTheValueEnergy) {
+    probe::Tally tally;
+    const Mat<double> candidates = Mat<double>::Identity(4, 4);
+    tally.add(Vec<double>::Zero(4), candidates.row(2).transpose(), candidates, 2);
+    EXPECT_EQ(tally.point(0).gain, 0.0);
+    EXPECT_NEAR(tally.point(0).scaled_mse, 0.25, 1e-15);
+}
+
 }  // namespace

@@ -68,17 +68,17 @@ TEST_F(RecallRun, WritesEveryFileAndTheyParse) {
     EXPECT_EQ(json.at("curves").size(), layers.size() * 6);
     EXPECT_EQ(json.at("summary").size(), layers.size() * 6);
 
-    // One CSV row per point of every curve, each with the eight columns of the header.
+    // One CSV row per point of every curve, each with the ten columns of the header.
     std::size_t points = 0;
     for (const auto& curve : json.at("curves")) points += curve.at("points").size();
     std::istringstream csv(read(folder / "points.csv"));
     std::string line;
     std::getline(csv, line);
-    EXPECT_EQ(line, "spec,probe,x_name,x,samples,accuracy,cosine,mse");
+    EXPECT_EQ(line, "spec,probe,x_name,x,samples,accuracy,cosine,mse,scaled_mse,gain");
     std::size_t rows = 0;
     while (std::getline(csv, line)) {
         ++rows;
-        EXPECT_EQ(std::count(line.begin(), line.end(), ','), 7) << line;
+        EXPECT_EQ(std::count(line.begin(), line.end(), ','), 9) << line;
     }
     EXPECT_EQ(rows, points);
 

@@ -1,5 +1,5 @@
-// The layers `miras recall` probes when it is given none: the published presets with their
-// probe gate values.
+// The layers `miras recall --presets` probes instead of the spec files: the published presets with
+// their probe gate values.
 #pragma once
 
 #include <vector>

@@ -310,12 +310,20 @@ void Tally::add(const Eigen::Ref<const Vec<double>>& y, const Eigen::Ref<const V
     correct_ += (best == label) ? 1.0 : 0.0;
     cosine_ += norm > 0.0 ? y.dot(target) / (norm * target.norm()) : 0.0;
     squared_ += (y - target).squaredNorm() / static_cast<double>(y.size());
+    read_read_ += y.squaredNorm();
+    read_target_ += y.dot(target);
+    target_target_ += target.squaredNorm();
+    channels_ = y.size();
     ++count_;
 }
 
 ProbePoint Tally::point(double x) const {
     const double n = static_cast<double>(std::max<Index>(count_, 1));
-    return {x, count_, correct_ / n, cosine_ / n, squared_ / n};
+    // min_c sum |c y - v|^2 = sum <v, v> - (sum <y, v>)^2 / sum <y, y>, at c = sum <y, v> / sum <y, y>.
+    const double gain = read_read_ > 0.0 ? read_target_ / read_read_ : 0.0;
+    const double residual = std::max(0.0, target_target_ - gain * read_target_);
+    const double per_channel = n * static_cast<double>(std::max<Index>(channels_, 1));
+    return {x, count_, correct_ / n, cosine_ / n, squared_ / n, residual / per_channel, gain};
 }
 
 }  // namespace miras::tasks::detail

@@ -69,7 +69,7 @@ std::vector<Mat<double>> read_in_stream(const ProbedLayer& probed, const std::ve
 Index sequences_for(Index reads_per_trial, Index heads, Index min_queries);
 
 /// Running scores of reads: argmax (by cosine) over candidate rows, cosine with the target and
-/// the mean squared error per channel.
+/// the mean squared error per channel, raw and after the least-squares gain.
 class Tally {
 public:
     void add(const Eigen::Ref<const Vec<double>>& y, const Eigen::Ref<const Vec<double>>& target,
@@ -78,8 +78,9 @@ public:
     Index count() const { return count_; }
 
 private:
-    Index count_ = 0;
+    Index count_ = 0, channels_ = 0;
     double correct_ = 0, cosine_ = 0, squared_ = 0;
+    double read_read_ = 0, read_target_ = 0, target_target_ = 0;  // sums of <y, y>, <y, v>, <v, v>
 };
 
 }  // namespace miras::tasks::detail

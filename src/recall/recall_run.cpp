@@ -39,7 +39,10 @@ struct StagingGuard {
 
 struct LayerResult {
     const ProbedLayer* layer = nullptr;
+    std::string source;
     std::vector<ProbeCurve> curves;
+    bool judged = false;  // the layer declares thresholds
+    ThresholdCheck verdict;
 };
 
 std::string format(const char* pattern, double value) {
@@ -165,16 +168,18 @@ int run_gnuplot(const std::string& gnuplot, const fs::path& folder, const std::s
 }
 
 /// Formats the curves of one probe as gnuplot data, one block per layer (gnuplot `index`) with the
-/// columns x, accuracy, cosine, mse and samples.
+/// columns x, accuracy, cosine, mse, samples, scaled mse and gain.
 std::string curve_data(const std::vector<LayerResult>& results, Probe probe) {
     std::ostringstream data;
-    data << "# " << tasks::probe_name(probe) << ": one block per layer; columns x accuracy cosine mse samples\n";
+    data << "# " << tasks::probe_name(probe)
+         << ": one block per layer; columns x accuracy cosine mse samples scaled_mse gain\n";
     for (const auto& result : results) {
         const ProbeCurve* curve = find_curve(result, probe);
         data << "# " << result.layer->name << "\n";
         for (const auto& p : curve->points) {
             data << format("%.10g", p.x) << ' ' << format("%.10g", p.accuracy) << ' ' << format("%.10g", p.cosine)
-                 << ' ' << format("%.10g", p.mse) << ' ' << p.samples << "\n";
+                 << ' ' << format("%.10g", p.mse) << ' ' << p.samples << ' ' << format("%.10g", p.scaled_mse) << ' '
+                 << format("%.10g", p.gain) << "\n";
         }
         data << "\n\n";
     }
@@ -229,12 +234,15 @@ std::string plot_script(const std::vector<LayerResult>& results, const std::stri
 }
 
 nlohmann::json point_json(const tasks::ProbePoint& p) {
-    return {{"x", p.x}, {"samples", p.samples}, {"accuracy", p.accuracy}, {"cosine", p.cosine}, {"mse", p.mse}};
+    return {{"x", p.x},   {"samples", p.samples},       {"accuracy", p.accuracy}, {"cosine", p.cosine},
+            {"mse", p.mse}, {"scaled_mse", p.scaled_mse}, {"gain", p.gain}};
 }
 
-nlohmann::json layer_json(const ProbedLayer& probed) {
+nlohmann::json layer_json(const LayerResult& result) {
+    const ProbedLayer& probed = *result.layer;
     const AnyLayer& layer = *probed.layer;
-    return {{"name", probed.name},
+    nlohmann::json json{{"name", probed.name},
+            {"source", result.source},
             {"memory", layer.memory_name()},
             {"bias", layer.bias_name()},
             {"retention", layer.retention_name()},
@@ -245,10 +253,17 @@ nlohmann::json layer_json(const ProbedLayer& probed) {
             {"query_scale", layer.query_scale()},
             {"read", layer.options().read == ReadTiming::after_write ? "after_write" : "before_write"},
             {"probe_gates", probed.gates}};
+    if (result.judged) json["thresholds"] = {{"passed", result.verdict.passed}, {"detail", result.verdict.detail}};
+    return json;
+}
+
+std::string suite_name(const RunOptions& options) {
+    if (options.quick) return "quick suite";
+    return options.full ? "full suite" : "default suite";
 }
 
 void print_table(std::ostream& out, const RunOptions& options, const std::vector<Probe>& probes,
-                 const std::vector<LayerResult>& results) {
+                 const std::vector<LayerResult>& results, const std::vector<Unprobed>& unprobed) {
     std::size_t width = 5;
     for (const auto& result : results) width = std::max(width, result.layer->name.size());
     const auto pad = [](std::string text, std::size_t n) {
@@ -258,43 +273,115 @@ void print_table(std::ostream& out, const RunOptions& options, const std::vector
     const auto right = [](std::string text, std::size_t n) {
         return text.size() < n ? std::string(n - text.size(), ' ') + text : " " + text;
     };
-    out << "miras recall: seed " << options.seed << ", key dim " << options.key_dim
-        << (options.quick ? ", quick suite" : ", default suite") << "\n";
+    const bool judged = std::any_of(results.begin(), results.end(), [](const LayerResult& r) { return r.judged; });
+    out << "miras recall: seed " << options.seed << ", " << suite_name(options)
+        << "; mse is after the least-squares gain (see docs/benchmarks.md)\n";
     const bool capacity = std::find(probes.begin(), probes.end(), Probe::capacity) != probes.end();
     const std::vector<std::pair<std::string, const char*>> metrics{
         {"accuracy", "%12.4f"}, {"cosine", "%12.4f"}, {"mse", "%12.3e"}};
     for (const auto& [metric, pattern] : metrics) {
+        const bool first = metric == "accuracy";
         out << "\n" << pad(metric, width);
+        if (first) out << "   H    K";
         for (Probe probe : probes) out << right(tasks::probe_name(probe), 12);
-        if (metric == "accuracy" && capacity) out << "    cap90";
+        if (first && capacity) out << "    cap90";
+        if (first && judged) out << "  expect";
         out << "\n" << pad("", width);
+        if (first) out << "         ";
         for (Probe probe : probes) {
             const std::string label = headline_label(*find_curve(results.front(), probe));
             out << right(label, 12);
         }
-        if (metric == "accuracy" && capacity) out << "    N/d";
+        if (first && capacity) out << "      N/d";
         out << "\n";
         for (const auto& result : results) {
             out << pad(result.layer->name, width);
+            if (first) {
+                const LayerDims& dims = result.layer->layer->dims();
+                out << right(std::to_string(dims.heads), 4) << right(std::to_string(dims.key), 5);
+            }
             for (Probe probe : probes) {
                 const ProbeCurve& curve = *find_curve(result, probe);
                 const auto& p = curve.points[headline(curve)];
-                double value = p.mse;
+                double value = p.scaled_mse;
                 if (metric == "accuracy") value = p.accuracy;
                 if (metric == "cosine") value = p.cosine;
                 out << format(pattern, value);
             }
-            if (metric == "accuracy" && capacity) out << format("%9.3g", capacity_at_90(*find_curve(result, Probe::capacity)));
+            if (first && capacity) out << format("%9.3g", capacity_at_90(*find_curve(result, Probe::capacity)));
+            if (first && judged) {
+                std::string verdict = "-";
+                if (result.judged) verdict = result.verdict.passed ? "pass" : "FAIL";
+                out << right(verdict, 8);
+            }
             out << "\n";
+        }
+    }
+    if (judged) {
+        out << "\nthresholds (expect.probe, judged by the probe of miras check):\n";
+        for (const auto& result : results) {
+            if (!result.judged) continue;
+            out << "  " << (result.verdict.passed ? "pass " : "FAIL ") << result.layer->name << ": " << result.verdict.detail
+                << "\n";
+        }
+    }
+    if (!unprobed.empty()) {
+        out << "\nskipped:\n";
+        for (const auto& skip : unprobed) {
+            out << "  " << skip.name << (skip.error ? " (error)" : "") << ": " << skip.reason << "\n";
         }
     }
 }
 
+/// The suite of a run: the quick look, the full grid, or the default, which keeps the points that
+/// shape each curve and bounds the longest sequence at 4 K pairs.
+tasks::ProbeSuite suite_for(const RunOptions& options) {
+    if (options.quick || options.full) return tasks::ProbeSuite::standard(options.quick);
+    tasks::ProbeSuite suite = tasks::ProbeSuite::standard(false);
+    suite.capacity.loads = {0.125, 0.25, 0.5, 0.75, 1, 1.5, 2, 4};
+    suite.noise.sigmas = {0, 0.1, 0.2, 0.5, 1};
+    suite.outliers.fractions = {0, 0.05, 0.1, 0.25};
+    suite.recency.buckets = 8;
+    suite.overwrite.rewrites = {1, 2, 4};
+    suite.stream.distractors = {0, 1, 2, 4, 8};
+    return suite;
+}
+
+Index queries_for(const RunOptions& options) {
+    if (options.quick) return 128;
+    return options.full ? 2048 : 1024;
+}
+
+/// The key dimension every layer shares, or 0 when they differ.
+Index shared_key_dim(const std::vector<LayerResult>& results) {
+    const Index first = results.front().layer->layer->dims().key;
+    for (const auto& result : results) {
+        if (result.layer->layer->dims().key != first) return 0;
+    }
+    return first;
+}
+
 }  // namespace
+
+bool RunReport::passed() const {
+    const bool load_errors = std::any_of(unprobed.begin(), unprobed.end(), [](const Unprobed& u) { return u.error; });
+    return skipped.empty() && failed_thresholds.empty() && !load_errors;
+}
 
 RunReport run_recall(const RunOptions& options, const std::vector<ProbedLayer>& layers, std::ostream& out,
                      std::ostream& progress) {
-    if (layers.empty()) throw InputError("no layers to probe; give at least one");
+    std::vector<RecallTarget> targets;
+    for (const auto& layer : layers) targets.push_back({layer, {}, {}});
+    return run_recall(options, targets, {}, out, progress);
+}
+
+RunReport run_recall(const RunOptions& options, const std::vector<RecallTarget>& targets,
+                     const std::vector<Unprobed>& unprobed, std::ostream& out, std::ostream& progress) {
+    if (targets.empty()) {
+        std::string reasons;
+        for (const auto& skip : unprobed) reasons += "; " + skip.name + ": " + skip.reason;
+        throw InputError("no layers to probe; give at least one" + reasons);
+    }
     std::vector<Probe> probes;
     if (options.probes.empty()) probes = tasks::all_probes();
     for (const auto& name : options.probes) {
@@ -310,29 +397,42 @@ RunReport run_recall(const RunOptions& options, const std::vector<ProbedLayer>& 
                          "); choose another --output-dir");
     }
 
-    const tasks::ProbeSuite suite = tasks::ProbeSuite::standard(options.quick);
+    const tasks::ProbeSuite suite = suite_for(options);
     tasks::ProbeSettings settings;
     settings.seed = options.seed;
-    settings.min_queries = options.quick ? 128 : 2048;
+    settings.min_queries = queries_for(options);
 
     std::vector<LayerResult> results;
     RunReport report;
+    report.unprobed = unprobed;
+    for (const auto& skip : unprobed) {
+        progress << (skip.error ? "error: " : "note: ") << "'" << skip.name << "' skipped: " << skip.reason << "\n";
+    }
     const auto started = std::chrono::steady_clock::now();
-    for (std::size_t i = 0; i < layers.size(); ++i) {
-        LayerResult result{&layers[i], {}};
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+        const ProbedLayer& layer = targets[i].probed;
+        LayerResult result{&layer, targets[i].source, {}, false, {}};
+        const auto begin = std::chrono::steady_clock::now();
         try {
-            for (Probe probe : probes) {
-                const auto begin = std::chrono::steady_clock::now();
-                result.curves.push_back(tasks::run_probe(probe, layers[i], suite, settings));
-                const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
-                progress << "[" << (i + 1) << "/" << layers.size() << "] " << layers[i].name << " "
-                         << tasks::probe_name(probe) << ": " << format("%.2f", seconds) << " s\n";
-            }
+            for (Probe probe : probes) result.curves.push_back(tasks::run_probe(probe, layer, suite, settings));
         } catch (const Error& e) {
-            progress << "error: layer '" << layers[i].name << "' skipped: " << e.what() << "\n";
-            report.skipped.emplace_back(layers[i].name, e.what());
+            progress << "error: layer '" << layer.name << "' skipped: " << e.what() << "\n";
+            report.skipped.emplace_back(layer.name, e.what());
             continue;
         }
+        if (targets[i].thresholds) {
+            result.judged = true;
+            try {
+                result.verdict = targets[i].thresholds();
+            } catch (const Error& e) {
+                result.verdict = {false, std::string("error: ") + e.what()};
+            }
+            if (!result.verdict.passed) report.failed_thresholds.push_back(layer.name);
+        }
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+        progress << "[" << (i + 1) << "/" << targets.size() << "] " << layer.name << ": " << format("%.2f", seconds)
+                 << " s" << (result.judged ? (result.verdict.passed ? ", thresholds pass" : ", thresholds FAIL") : "")
+                 << "\n";
         results.push_back(std::move(result));
     }
     if (results.empty()) throw InputError("every layer failed its probes (errors above); no results written");
@@ -345,24 +445,31 @@ RunReport run_recall(const RunOptions& options, const std::vector<ProbedLayer>& 
     const StagingGuard guard{staging};
 
     std::ostringstream points;
-    points << "spec,probe,x_name,x,samples,accuracy,cosine,mse\n";
+    const std::string header = "spec,probe,x_name,x,samples,accuracy,cosine,mse,scaled_mse,gain\n";
+    points << header;
     std::ostringstream summary;
-    summary << "spec,probe,x_name,x,samples,accuracy,cosine,mse\n";
+    summary << header;
     nlohmann::json json;
     json["seed"] = options.seed;
-    json["key_dim"] = options.key_dim;
+    json["suite"] = suite_name(options);
+    if (const Index d = shared_key_dim(results); d > 0) json["key_dim"] = d;
     json["quick"] = options.quick;
+    json["full"] = options.full;
     json["min_queries"] = settings.min_queries;
     json["seconds"] = total_seconds;
     json["probes"] = nlohmann::json::array();
     for (Probe probe : probes) json["probes"].push_back(tasks::probe_name(probe));
     json["skipped"] = nlohmann::json::array();
     for (const auto& [name, error] : report.skipped) json["skipped"].push_back({{"name", name}, {"error", error}});
+    for (const auto& skip : unprobed) {
+        json["skipped"].push_back({{"name", skip.name}, {"source", skip.source}, {skip.error ? "error" : "reason", skip.reason}});
+    }
+    json["failed_thresholds"] = report.failed_thresholds;
     json["layers"] = nlohmann::json::array();
     json["curves"] = nlohmann::json::array();
     json["summary"] = nlohmann::json::array();
     for (const auto& result : results) {
-        json["layers"].push_back(layer_json(*result.layer));
+        json["layers"].push_back(layer_json(result));
         for (const auto& curve : result.curves) {
             nlohmann::json curve_json{{"spec", result.layer->name},
                                       {"probe", tasks::probe_name(curve.probe)},
@@ -373,13 +480,15 @@ RunReport run_recall(const RunOptions& options, const std::vector<ProbedLayer>& 
                 points << csv_field(result.layer->name) << ',' << tasks::probe_name(curve.probe) << ','
                        << csv_field(curve.x_name) << ',' << format("%.10g", p.x) << ',' << p.samples << ','
                        << format("%.10g", p.accuracy) << ',' << format("%.10g", p.cosine) << ','
-                       << format("%.10g", p.mse) << "\n";
+                       << format("%.10g", p.mse) << ',' << format("%.10g", p.scaled_mse) << ','
+                       << format("%.10g", p.gain) << "\n";
             }
             json["curves"].push_back(curve_json);
             const auto& p = curve.points[headline(curve)];
             summary << csv_field(result.layer->name) << ',' << tasks::probe_name(curve.probe) << ','
                     << csv_field(curve.x_name) << ',' << format("%.10g", p.x) << ',' << p.samples << ','
                     << format("%.10g", p.accuracy) << ',' << format("%.10g", p.cosine) << ',' << format("%.10g", p.mse)
+                    << ',' << format("%.10g", p.scaled_mse) << ',' << format("%.10g", p.gain)
                     << "\n";
             nlohmann::json cell = point_json(p);
             cell["spec"] = result.layer->name;
@@ -397,7 +506,9 @@ RunReport run_recall(const RunOptions& options, const std::vector<ProbedLayer>& 
     const auto has = [&](Probe probe) { return std::find(probes.begin(), probes.end(), probe) != probes.end(); };
     if (has(Probe::capacity)) {
         write_atomic(staging / "capacity.dat", curve_data(results, Probe::capacity));
-        const std::string hebbian = "1/sqrt(1 + x - 1.0/" + std::to_string(options.key_dim) +
+        // The Hebbian closed form depends on d_k, so it is drawn only when every layer shares one.
+        const Index d = shared_key_dim(results);
+        const std::string hebbian = d == 0 ? std::string() : "1/sqrt(1 + x - 1.0/" + std::to_string(d) +
                                     ") with lines dashtype 2 lc rgb 'black' title 'Hebbian closed form'";
         write_atomic(staging / "capacity.gp",
                      plot_script(results, "capacity", "N / d_k", true,
@@ -408,7 +519,7 @@ RunReport run_recall(const RunOptions& options, const std::vector<ProbedLayer>& 
         write_atomic(staging / "recency.dat", curve_data(results, Probe::recency));
         write_atomic(staging / "recency.gp",
                      plot_script(results, "recency", "age (pairs written after the pair)", false,
-                                 {{"retrieval accuracy", 2, false, ""}, {"mean squared error", 4, true, ""}}));
+                                 {{"retrieval accuracy", 2, false, ""}, {"mean squared error after the gain", 6, true, ""}}));
         scripts.push_back("recency.gp");
     }
     if (options.plots && !scripts.empty()) {
@@ -431,7 +542,7 @@ RunReport run_recall(const RunOptions& options, const std::vector<ProbedLayer>& 
     }
     fs::rename(staging, folder);
 
-    print_table(out, options, probes, results);
+    print_table(out, options, probes, results, unprobed);
     out << "\nresults: " << folder.string() << "\n";
     progress << "done in " << format("%.1f", total_seconds) << " s\n";
     report.folder = folder;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <iosfwd>
 #include <string>
 #include <utility>
@@ -21,18 +22,51 @@ struct RunOptions {
     std::filesystem::path results_root = "results";
     /// Replacement of an existing output_dir instead of rejecting it.
     bool force = false;
+    /// Key dimension of the presets of `miras recall --presets`. Spec files are probed at their own
+    /// dims unless load_spec_targets rebuilt them at another.
     Index key_dim = 32;
     /// Probe names to run; empty runs every probe.
     std::vector<std::string> probes;
     bool quick = false;
+    /// The full grid of every probe (more points and reads) instead of the bounded default.
+    bool full = false;
     /// Plotting with gnuplot when it is on the PATH.
     bool plots = true;
 };
 
-/// Outcome of a run: the folder written and the layers skipped, each with its error message.
+/// The verdict on the probe thresholds a layer declares.
+struct ThresholdCheck {
+    bool passed = false;
+    std::string detail;
+};
+
+/// A layer to probe, where it comes from, and the judge of its declared thresholds (empty when it
+/// declares none).
+struct RecallTarget {
+    tasks::ProbedLayer probed;
+    std::string source;
+    std::function<ThresholdCheck()> thresholds;
+};
+
+/// A layer left out of the probes and why: it cannot be probed (error false) or it failed to load
+/// (error true).
+struct Unprobed {
+    std::string name;
+    std::string source;
+    std::string reason;
+    bool error = false;
+};
+
+/// Outcome of a run: the folder written, the layers skipped (each with its error message), the
+/// layers left out before the run, and the layers whose declared thresholds failed.
 struct RunReport {
     std::filesystem::path folder;
     std::vector<std::pair<std::string, std::string>> skipped;
+    std::vector<Unprobed> unprobed;
+    std::vector<std::string> failed_thresholds;
+
+    /// True when nothing failed: no probe error, no file that failed to load, no failed threshold.
+    bool passed() const;
 };
 
 /// Runs the probes over `layers` and writes the folder, which appears only once complete. A layer
@@ -40,5 +74,10 @@ struct RunReport {
 /// Raises InputError when output_dir exists and force is off, or when every layer fails.
 RunReport run_recall(const RunOptions& options, const std::vector<tasks::ProbedLayer>& layers,
                      std::ostream& out, std::ostream& progress);
+
+/// The same over targets: their thresholds are judged after their probes and shown in the table,
+/// and the `unprobed` layers are listed under it and in results.json.
+RunReport run_recall(const RunOptions& options, const std::vector<RecallTarget>& targets,
+                     const std::vector<Unprobed>& unprobed, std::ostream& out, std::ostream& progress);
 
 }  // namespace miras::recall

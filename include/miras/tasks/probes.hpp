@@ -1,6 +1,7 @@
 // Training-free memorisation probes: write random key-value pairs into a layer with constant gates
 // and read them back. Each read y is scored against its value v three ways: argmax decoding over the
-// candidate values (by cosine), cos(y, v), and the mean squared error mean_c (y_c - v_c)^2. The closed forms they
+// candidate values (by cosine), cos(y, v), and the mean squared error mean_c (y_c - v_c)^2 (also after the
+// least-squares rescale of all reads of a point by one gain). The closed forms they
 // are checked against (Hebbian cosine 1 / sqrt(1 + (N - 1) / d), exact delta and least-squares
 // recall up to N = d, delta-rule recency) follow the capacity experiments of Schlag, Irie and
 // Schmidhuber (2021) and the test-time regression view of Wang, Shi and Fox (2025), in which linear
@@ -87,6 +88,11 @@ struct ProbePoint {
     double accuracy = 0;
     double cosine = 0;
     double mse = 0;
+    /// The mean squared error of the reads times the one gain c that minimises it over the point's
+    /// reads, c = sum <y, v> / sum <y, y>: an error that a global output scale (such as the query
+    /// scale of a linear memory) does not change.
+    double scaled_mse = 0;
+    double gain = 0;
 };
 
 struct ProbeCurve {

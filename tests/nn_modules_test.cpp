@@ -29,7 +29,7 @@ namespace {
 
 using namespace miras;
 using namespace miras::nn;
-using M = miras::nn::Mat<double>;
+using M = Mat<double>;
 
 M random_matrix(std::mt19937_64& rng, Index rows, Index cols, double scale = 1.0) {
     std::uniform_real_distribution<double> u(-scale, scale);

@@ -7,12 +7,12 @@
 #include <Eigen/Dense>
 
 #include "miras/core/error.hpp"
+#include "miras/core/scalar.hpp"
 #include "miras/core/tensor.hpp"
 
 namespace miras::nn {
 
-template <class S>
-using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+// Matrices are miras::Mat<S>, the row-major Eigen matrix of the core.
 
 /// A parameter tensor and its gradient, of the same shape.
 template <class S>

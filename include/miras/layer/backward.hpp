@@ -82,7 +82,8 @@ void add_gate_gradient(Tensor<S>& grad, const BoundGate<S>& gate, Index b, Index
 /// every `checkpoint_every` tokens. Raises ConfigError for an option the pass does not cover.
 template <class L, class S>
 LayerGradients<S> layer_backward(const L& layer, const Inputs<S>& inputs, const typename L::template State<S>* initial,
-                                 const TensorView<S>& d_output, const TensorView<S>* d_final_state = nullptr,
+                                 const std::type_identity_t<TensorView<S>>& d_output,
+                                 const std::type_identity_t<TensorView<S>>* d_final_state = nullptr,
                                  Index checkpoint_every = 16) {
     static_assert(has_linear_backward_v<L>,
                   "layer_backward covers the matrix memory with the dot-product or l2 bias, no retention or decay, "

@@ -200,3 +200,40 @@ TEST(LayerBackwardErrors, RejectsUncoveredOptionsAndShapes) {
 }
 
 }  // namespace
+
+namespace {
+
+// The same gradients in float agree with double to float precision.
+TEST(LayerBackwardFloat, AgreesWithDouble) {
+    const auto layer = miras::presets::gated_deltanet(options());
+    Problem p(layer, 7);
+
+    std::map<std::string, Tensor<float>> narrow;
+    for (const auto& [name, tensor] : p.tensors) {
+        Tensor<float> t(tensor.shape());
+        for (Index i = 0; i < t.size(); ++i) t[i] = static_cast<float>(tensor[i]);
+        narrow.emplace(name, std::move(t));
+    }
+    Tensor<float> r_output(p.r_output.shape());
+    for (Index i = 0; i < r_output.size(); ++i) r_output[i] = static_cast<float>(p.r_output[i]);
+    Inputs<float> in{narrow.at("q").view(), narrow.at("k").view(), narrow.at("v").view(), {}};
+    for (const std::string& name : p.gate_names) in.gates.emplace(name, narrow.at(name).view());
+    auto state = layer.load_state<float>({{"W", narrow.at("W0")}});
+    const LayerGradients<float> g = layer_backward(layer, in, &state, r_output.view(), nullptr, 3);
+
+    const auto double_state = layer.load_state<double>({{"W", p.tensors.at("W0")}});
+    const LayerGradients<double> no_final = layer_backward(layer, p.inputs(), &double_state, p.r_output.view(), nullptr, 2);
+    for (Index i = 0; i < g.k.size(); ++i) EXPECT_NEAR(g.k[i], no_final.k[i], 1e-4) << "k " << i;
+    for (Index i = 0; i < g.q.size(); ++i) EXPECT_NEAR(g.q[i], no_final.q[i], 1e-4) << "q " << i;
+    for (Index i = 0; i < g.v.size(); ++i) EXPECT_NEAR(g.v[i], no_final.v[i], 1e-4) << "v " << i;
+    for (Index i = 0; i < g.initial_state.size(); ++i) {
+        EXPECT_NEAR(g.initial_state[i], no_final.initial_state[i], 1e-4) << "W0 " << i;
+    }
+    for (const std::string& name : p.gate_names) {
+        for (Index i = 0; i < g.gates.at(name).size(); ++i) {
+            EXPECT_NEAR(g.gates.at(name)[i], no_final.gates.at(name)[i], 1e-4) << name << " " << i;
+        }
+    }
+}
+
+}  // namespace

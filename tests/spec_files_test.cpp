@@ -151,6 +151,8 @@ json minimal_spec(const std::string& key) {
     if (!linear && parts[3] != "nonparametric" && parts[3] != "least_squares" && parts[3] != "generalized_delta") {
         spec["algorithm"]["rate"] = {{"value", 0.1}};
     }
+    // Momentum 0.9 multiplies the step by up to 10, so momentum takes 0.01.
+    if (parts[3] == "momentum") spec["algorithm"]["rate"] = {{"value", 0.01}};
     return spec;
 }
 

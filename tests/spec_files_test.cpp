@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "miras/layer/presets.hpp"
+#include "miras/layer/presets_deep.hpp"
 #include "miras/spec/check.hpp"
 #include "miras/spec/spec.hpp"
 
@@ -48,7 +49,8 @@ TEST(SpecFiles, CoverEveryPreset) {
     const auto names = spec_file_names();
     for (const char* preset : {"linear_attention", "retnet", "lightning_attention", "mamba2", "gla", "hgrn2", "hgrn",
                                "deltanet", "gated_deltanet", "kda", "comba", "deltaproduct", "rwkv7", "longhorn",
-                               "mesanet", "softmax_attention", "sliding_window_attention"}) {
+                               "mesanet", "softmax_attention", "sliding_window_attention", "ttt_linear", "ttt_mlp",
+                               "titans", "moneta", "yaad", "memora", "omeganet", "atlas"}) {
         EXPECT_NE(std::find(names.begin(), names.end(), preset), names.end()) << preset;
     }
 }
@@ -87,6 +89,15 @@ std::vector<PresetCase> preset_cases() {
         {"mesanet", [](LayerOptions o) { return erase(mesanet(o)); }},
         {"softmax_attention", [](LayerOptions o) { return erase(softmax_attention(o)); }},
         {"sliding_window_attention", [](LayerOptions o) { return erase(sliding_window_attention(o, 64)); }},
+        // The TTT specs use mini-batches of 4; everything else is the preset's default.
+        {"ttt_linear", [](LayerOptions o) { return erase(ttt_linear(o, 4)); }},
+        {"ttt_mlp", [](LayerOptions o) { return erase(ttt_mlp(o, 4)); }},
+        {"titans", [](LayerOptions o) { return erase(titans(o)); }},
+        {"moneta", [](LayerOptions o) { return erase(moneta(o)); }},
+        {"yaad", [](LayerOptions o) { return erase(yaad(o)); }},
+        {"memora", [](LayerOptions o) { return erase(memora(o)); }},
+        {"omeganet", [](LayerOptions o) { return erase(omeganet(o)); }},
+        {"atlas", [](LayerOptions o) { return erase(atlas(o)); }},
     };
 }
 
@@ -119,13 +130,6 @@ INSTANTIATE_TEST_SUITE_P(Presets, PresetSpec, ::testing::ValuesIn(preset_cases()
 
 // ---- every registered combination is reachable from JSON -----------------------------------
 
-TEST(Registry, HoldsTheEighteenValidCombinations) {
-    // Counted by hand from the rules in layer/traits.hpp: matrix has 2 retentions x (2 dot-product
-    // algorithms + 4 l2 algorithms) = 12; vector has 2 biases x 2 retentions with gd = 4; kv_cache
-    // has l2 x 2 retentions with nonparametric = 2.
-    EXPECT_EQ(registered_combinations().size(), 18u);
-}
-
 json minimal_spec(const std::string& key) {
     std::vector<std::string> parts;
     std::stringstream in(key);
@@ -137,7 +141,61 @@ json minimal_spec(const std::string& key) {
               {"algorithm", {{"type", parts[3]}}},
               {"dims", {{"heads", 2}, {"key", 4}, {"value", 4}}}};
     if (parts[2] == "decay") spec["retention"]["gate"] = {{"gate", "per_token"}, {"axis", "head"}};
+    // The mirror retention has no default kind: spread the four over the combinations.
+    const char* const kinds[] = {"lq", "elastic_net", "kl", "sigmoid"};
+    if (parts[2] == "mirror") spec["retention"]["kind"] = kinds[key.size() % 4];
+    // A rate of 1 is the delta rule's natural step. It overshoots with the l_p, Huber and
+    // value-shift biases and the deep algorithms, so those combinations take 0.1.
+    const bool linear = (parts[1] == "l2" || parts[1] == "dot_product") && parts[0] != "mlp" &&
+                        parts[3] != "minibatch_gd" && parts[3] != "momentum";
+    if (!linear && parts[3] != "nonparametric" && parts[3] != "least_squares" && parts[3] != "generalized_delta") {
+        spec["algorithm"]["rate"] = {{"value", 0.1}};
+    }
+    // Momentum 0.9 multiplies the step by up to 10, so momentum takes 0.01.
+    if (parts[3] == "momentum") spec["algorithm"]["rate"] = {{"value", 0.01}};
     return spec;
+}
+
+TEST(Registry, HoldsTheRegisteredCombinations) {
+#if MIRAS_REGISTRY_FULL
+    // Counted by hand from the rules in layer/traits.hpp, with 5 biases and 3 retentions (none,
+    // decay, mirror). matrix: gd, minibatch_gd and momentum take every bias and retention (3 x 15),
+    // implicit every bias without mirror (10), least_squares and generalized_delta l2 without mirror
+    // (2 + 2): 59. vector: gd, minibatch_gd, momentum: 45. mlp: minibatch_gd, momentum: 30.
+    // kv_cache: l2 x (none, decay) with nonparametric: 2.
+    EXPECT_EQ(registered_combinations().size(), 136u);
+#else
+    // The 18 linear combinations and the 15 listed in default_deep_combinations. The linear ones
+    // are 12 with the matrix memory (2 retentions x 6 algorithm and bias pairs), 4 with the vector
+    // memory (2 biases x 2 retentions with gd) and 2 with the kv cache.
+    EXPECT_EQ(registered_combinations().size(), 33u);
+#endif
+}
+
+#if !MIRAS_REGISTRY_FULL
+TEST(Registry, NamesTheFullBuildForAnUnregisteredCombination) {
+    json spec = minimal_spec("mlp/dot_product/none/minibatch_gd");
+    try {
+        parse_spec(spec);
+        FAIL() << "accepted a combination the default build does not register";
+    } catch (const SpecError& e) {
+        EXPECT_EQ(e.pointer(), "/algorithm/type");
+        EXPECT_NE(std::string(e.what()).find("MIRAS_REGISTRY_FULL=ON"), std::string::npos) << e.what();
+    }
+}
+#endif
+
+TEST(Registry, ListsEveryDeepComponent) {
+    const auto combinations = registered_combinations();
+    for (const char* key : {"mlp/l2/none/minibatch_gd", "mlp/lp/mirror/minibatch_gd", "vector/huber/mirror/minibatch_gd",
+                            "matrix/value_shift/decay/minibatch_gd", "mlp/huber/decay/minibatch_gd",
+                            "mlp/l2/decay/momentum"}) {
+        EXPECT_NE(std::find(combinations.begin(), combinations.end(), key), combinations.end()) << key;
+    }
+    for (const char* key : {"mlp/l2/none/gd", "mlp/l2/none/implicit", "matrix/l2/mirror/implicit",
+                            "matrix/l2/mirror/least_squares", "kv_cache/l2/mirror/nonparametric"}) {
+        EXPECT_EQ(std::find(combinations.begin(), combinations.end(), key), combinations.end()) << key;
+    }
 }
 
 class Combination : public ::testing::TestWithParam<std::string> {};
@@ -225,6 +283,31 @@ TEST(SpecChecks, UpdateDirectionRunsForGradientSteps) {
         const auto results = run_spec_checks(load_spec_file((specs_dir / (std::string(name) + ".json")).string()));
         EXPECT_EQ(find_check(results, "update_direction").status, CheckResult::Status::ok) << name;
     }
+}
+
+TEST(SpecChecks, UpdateDirectionRunsForDeepGradientSteps) {
+    for (const char* name : {"ttt_linear", "ttt_mlp", "titans", "yaad", "omeganet", "huber_key_decay", "lp_momentum",
+                             "value_shift_minibatch", "gated_mlp_omega", "lp_query_token_mlp"}) {
+        const auto results = run_spec_checks(load_spec_file((specs_dir / (std::string(name) + ".json")).string()));
+        EXPECT_EQ(find_check(results, "update_direction").status, CheckResult::Status::ok) << name;
+    }
+}
+
+TEST(SpecChecks, UpdateDirectionSkipsNonlinearSteps) {
+    // Newton-Schulz (atlas, newton_schulz_matrix) and the mirror maps (the others).
+    for (const char* name : {"atlas", "newton_schulz_matrix", "moneta", "memora", "kl_vector", "elastic_net_mlp",
+                             "sigmoid_vector_huber", "lq_matrix_delta"}) {
+        const auto result = find_check(run_spec_checks(load_spec_file((specs_dir / (std::string(name) + ".json")).string())),
+                                       "update_direction");
+        EXPECT_EQ(result.status, CheckResult::Status::skipped) << name;
+        EXPECT_FALSE(result.detail.empty()) << name;
+    }
+}
+
+TEST(SpecChecks, InnerGradientSkipsTheTanhSurrogate) {
+    json spec = minimal_spec("matrix/lp/none/gd");
+    spec["attentional_bias"]["smoothing"] = "tanh_sign";
+    EXPECT_EQ(find_check(run_spec_checks(parse_spec(spec)), "inner_gradient").status, CheckResult::Status::skipped);
 }
 
 TEST(SpecChecks, UpdateDirectionSkipsClosedForms) {

@@ -179,6 +179,11 @@ CheckResult check_inner_gradient(const LayerSpec& spec, const CheckOptions& opti
                             spec.json.at("attentional_bias").at("type").get<std::string>() + "/" +
                             spec.json.at("retention").at("type").get<std::string>() + "/" +
                             spec.json.at("algorithm").at("type").get<std::string>();
+    const json& bias = spec.json.at("attentional_bias");
+    if (bias.at("type") == "lp" && bias.at("smoothing") == "tanh_sign") {
+        return {"inner_gradient", Status::skipped,
+                "the tanh_sign smoothing replaces Sign(e) in the gradient only, so it is not the gradient of the loss"};
+    }
     for (const auto& entry : spec_registry::all_entries()) {
         if (entry.key() != key) continue;
         const double error = entry.inner_gradient(spec.json, options.seed);
@@ -194,8 +199,31 @@ CheckResult check_update_direction(const LayerSpec& spec, const CheckOptions& op
     const std::string name = "update_direction";
     const json& j = spec.json;
     const std::string algorithm = j.at("algorithm").at("type").get<std::string>();
-    if (algorithm != "gd" && algorithm != "implicit") {
+    if (algorithm != "gd" && algorithm != "implicit" && algorithm != "minibatch_gd" && algorithm != "momentum") {
         return {name, Status::skipped, "the " + algorithm + " update is not a step along the inner gradient"};
+    }
+    if (algorithm == "momentum" && j.at("algorithm").at("newton_schulz_steps").get<int>() > 0) {
+        return {name, Status::skipped, "Newton-Schulz orthogonalises the momentum, which turns the step away from the gradient"};
+    }
+    if (algorithm == "minibatch_gd" && j.at("algorithm").at("rate_form") == "factored" &&
+        j.at("algorithm").at("token_factor").at(0).get<double>() == 0.0) {
+        return {name, Status::skipped, "token_factor[0] = 0 makes no step at the first token"};
+    }
+    if (algorithm == "momentum") {
+        const json& gamma = j.at("algorithm").at("window_weight");
+        if (gamma.contains("values")) {
+            for (const auto& value : gamma.at("values")) {
+                if (value.get<double>() == 0.0) return {name, Status::skipped, "a window weight gamma of 0 makes no step"};
+            }
+        }
+    }
+    if (j.at("retention").at("type") == "mirror") {
+        return {name, Status::skipped, "the mirror retention maps the step through a nonlinear map (" +
+                                           j.at("retention").at("kind").get<std::string>() + "), so it leaves the gradient's direction"};
+    }
+    const json& bias = j.at("attentional_bias");
+    if (bias.at("type") == "lp" && bias.at("smoothing") == "tanh_sign") {
+        return {name, Status::skipped, "the tanh_sign smoothing steps along a surrogate of the gradient"};
     }
     if (algorithm == "implicit" && j.at("algorithm").at("diagonal").get<bool>()) {
         return {name, Status::skipped, "the diagonal implicit step approximates the curvature term"};

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -171,6 +172,13 @@ double number(const json& value, const std::string& where, Range range) {
     return x;
 }
 
+/// Reads an optional number field of `object`, checking it against the range.
+double number_field(const json& object, const std::string& pointer, const std::string& key, double fallback, Range range) {
+    const json* value = find(object, key);
+    if (value == nullptr) return fallback;
+    return number(*value, child(pointer, key), range);
+}
+
 bool boolean(const json& object, const std::string& pointer, const std::string& key, bool fallback) {
     const json* value = find(object, key);
     if (value == nullptr) return fallback;
@@ -242,6 +250,14 @@ json gate(const json* value, const std::string& where, Range range, const json& 
 
 json fixed_gate(double value, const char* axis = "head") { return json{{"values", json::array({value})}, {"axis", axis}}; }
 
+/// Rejects a gate whose axis is not 'head', naming the component that needs one value per head.
+void require_head_axis(const json& gate, const std::string& where, const std::string& owner) {
+    const std::string axis = gate.at("axis").get<std::string>();
+    if (axis != "head") {
+        fail(where + "/axis", "found '" + axis + "'; " + owner + " takes one value per head; valid is 'head'");
+    }
+}
+
 // ---- sections -------------------------------------------------------------------------------
 
 /// Checks the nesting depth of a parsed value without recursing past the limit.
@@ -309,17 +325,129 @@ json parse_feature_map(const json& memory, Sizes& sizes) {
     return normal;
 }
 
+/// Reads a list of LayerNorm parameters: 1, V or H * V finite numbers.
+json norm_values(const json& memory, const std::string& key, double fallback, const Sizes& sizes) {
+    const json* value = find(memory, key);
+    const std::string where = child("/memory", key);
+    if (value == nullptr) return json::array({fallback});
+    const Index n = value->is_array() ? static_cast<Index>(value->size()) : -1;
+    if (n != 1 && n != sizes.value && n != sizes.heads * sizes.value) {
+        fail(where, "found " + shown(*value) + "; expected an array of 1, V = " + std::to_string(sizes.value) +
+                        " or H * V = " + std::to_string(sizes.heads * sizes.value) + " numbers");
+    }
+    json numbers = json::array();
+    for (std::size_t i = 0; i < value->size(); ++i) numbers.push_back(number((*value)[i], child(where, std::to_string(i)), Range::any));
+    return numbers;
+}
+
+/// Reads the fields of the MLP memory (memory/mlp.hpp), every one optional.
+void parse_mlp(const json& memory, const Sizes& sizes, json& normal) {
+    const std::string at = "/memory";
+    normal["depth"] = integer(memory, at, "depth", 2, 1, 16);
+    normal["expansion"] = number_field(memory, at, "expansion", 4.0, Range::positive);
+    const double hidden = std::round(normal["expansion"].get<double>() * static_cast<double>(sizes.key_features));
+    if (hidden > 1048576.0) {
+        fail(at + "/expansion", "expansion " + number_text(normal["expansion"].get<double>()) + " gives " +
+                                    number_text(hidden) + " hidden units, more than 2^20; lower the expansion");
+    }
+    normal["activation"] = choice(memory, at, "activation", {"gelu", "gelu_tanh", "silu", "relu", "tanh", "identity"},
+                                  std::string("gelu"));
+
+    normal["residual"] = boolean(memory, at, "residual", true);
+    normal["biases"] = boolean(memory, at, "biases", false);
+    normal["gated"] = boolean(memory, at, "gated", false);
+    if (normal["gated"].get<bool>() && normal["biases"].get<bool>()) {
+        fail(at + "/biases", "memory.biases true with memory.gated true: the gated branch W1 (s(W2 x) * W3 x) has no "
+                             "biases; valid is false");
+    }
+
+    normal["norm"] = choice(memory, at, "norm", {"none", "plain", "affine"}, std::string("none"));
+    const bool affine = normal["norm"] == "affine";
+    for (const char* key : {"norm_weight", "norm_bias"}) {
+        if (!affine && memory.contains(key)) {
+            fail(child(at, key), std::string("memory.") + key + " with memory.norm '" + normal["norm"].get<std::string>() +
+                                     "': only the affine LayerNorm has parameters; valid is memory.norm 'affine'");
+        }
+    }
+    normal["norm_weight"] = norm_values(memory, "norm_weight", 1.0, sizes);
+    normal["norm_bias"] = norm_values(memory, "norm_bias", 0.0, sizes);
+    normal["norm_eps"] = number_field(memory, at, "norm_eps", 1e-6, Range::positive);
+
+    normal["read_adds_branch"] = boolean(memory, at, "read_adds_branch", false);
+    if (normal["read_adds_branch"].get<bool>() && normal["norm"] == "none") {
+        fail(at + "/read_adds_branch", "memory.read_adds_branch true with memory.norm 'none': the read r + N(r) needs "
+                                       "a LayerNorm N; valid is memory.norm 'plain' or 'affine'");
+    }
+    if ((normal["residual"].get<bool>() || normal["read_adds_branch"].get<bool>()) && sizes.key_features != sizes.value) {
+        fail(at + (normal["residual"].get<bool>() ? "/residual" : "/read_adds_branch"),
+             "the mlp memory adds its input to the branch, so dims.value (" + std::to_string(sizes.value) +
+                 ") must equal the key feature dimension (" + std::to_string(sizes.key_features) +
+                 "); valid is memory.residual false or equal dimensions");
+    }
+
+    json init{{"zero", false}, {"std", 0.02}, {"seed", 0}};
+    if (const json* given = find(memory, "init"); given != nullptr) {
+        require_object(*given, at + "/init", "memory.init");
+        allow_only(*given, at + "/init", {"zero", "std", "seed"}, "memory.init");
+        init["zero"] = boolean(*given, at + "/init", "zero", false);
+        init["std"] = number_field(*given, at + "/init", "std", 0.02, Range::nonnegative);
+        init["seed"] = integer(*given, at + "/init", "seed", 0, 0, std::numeric_limits<std::int64_t>::max());
+    }
+    normal["init"] = init;
+}
+
 json parse_memory(const json& spec, const std::string& type, Sizes& sizes) {
     const json& memory = section(spec, "memory");
     std::vector<std::string> fields{"type", "feature_map"};
     if (type == "kv_cache") fields.push_back("window");
+    if (type == "mlp") {
+        for (const char* key : {"depth", "expansion", "activation", "residual", "biases", "gated", "norm", "norm_weight",
+                                "norm_bias", "norm_eps", "read_adds_branch", "init"}) {
+            fields.push_back(key);
+        }
+    }
     allow_only(memory, "/memory", fields, "memory.type '" + type + "'");
     json normal{{"type", type}};
     normal["feature_map"] = parse_feature_map(memory, sizes);
     if (type == "kv_cache") normal["window"] = integer(memory, "/memory", "window", 0, 0, 1 << 30);
+    if (type == "mlp") parse_mlp(memory, sizes, normal);
     if (type == "vector" && sizes.key_features != sizes.value) {
         fail("/dims/value", "memory.type 'vector' reads elementwise, so dims.value (" + std::to_string(sizes.value) +
                                 ") must equal the key feature dimension (" + std::to_string(sizes.key_features) + ")");
+    }
+    return normal;
+}
+
+json parse_bias(const json& spec, const std::string& type, const Sizes& sizes) {
+    const json& bias = section(spec, "attentional_bias");
+    const std::string at = "/attentional_bias";
+    const std::string owner = "attentional_bias.type '" + type + "'";
+    json normal{{"type", type}};
+    if (type == "l2") {
+        allow_only(bias, at, {"type", "subtract_key"}, owner);
+        normal["subtract_key"] = boolean(bias, at, "subtract_key", false);
+        if (normal["subtract_key"].get<bool>() && sizes.key != sizes.value) {
+            fail(at + "/subtract_key", "the target v - k needs dims.key (" + std::to_string(sizes.key) +
+                                           ") to equal dims.value (" + std::to_string(sizes.value) + ")");
+        }
+    } else if (type == "lp") {
+        allow_only(bias, at, {"type", "p", "smoothing", "sharpness", "eps"}, owner);
+        const double p = number_field(bias, at, "p", 3.0, Range::any);
+        if (!(p >= 1.0)) fail(at + "/p", "found " + number_text(p) + ", out of range; valid is a finite p >= 1");
+        normal["p"] = p;
+        normal["smoothing"] = choice(bias, at, "smoothing", {"none", "tanh_sign", "sqrt_abs"}, std::string("none"));
+        normal["sharpness"] = number_field(bias, at, "sharpness", 10.0, Range::positive);
+        normal["eps"] = number_field(bias, at, "eps", 1e-6, Range::positive);
+    } else if (type == "huber") {
+        allow_only(bias, at, {"type", "kind", "delta"}, owner);
+        normal["kind"] = choice(bias, at, "kind", {"coordinate", "norm", "mixture"}, std::string("coordinate"));
+        normal["delta"] = gate(find(bias, "delta"), at + "/delta", Range::positive, fixed_gate(1.0), sizes);
+        require_head_axis(normal["delta"], at + "/delta", "the Huber threshold delta");
+    } else if (type == "value_shift") {
+        allow_only(bias, at, {"type", "radius"}, owner);
+        normal["radius"] = number_field(bias, at, "radius", 0.1, Range::nonnegative);
+    } else {
+        allow_only(bias, at, {"type"}, owner);
     }
     return normal;
 }
@@ -330,6 +458,30 @@ json parse_retention(const json& spec, const std::string& type, const std::strin
     json normal{{"type", type}};
     if (type == "none") {
         allow_only(retention, "/retention", {"type"}, "retention.type 'none'");
+        return normal;
+    }
+    if (type == "mirror") {
+        const std::string kind =
+            choice(retention, "/retention", "kind", {"lq", "elastic_net", "kl", "sigmoid"}, std::nullopt);
+        std::vector<std::string> fields{"type", "kind", "gate", "floor"};
+        if (kind == "lq") fields.push_back("q");
+        if (kind == "elastic_net") fields.push_back("threshold");
+        if (kind == "kl") fields.push_back("domain");
+        allow_only(retention, "/retention", fields, "retention.kind '" + kind + "'");
+        normal["kind"] = kind;
+        normal["gate"] = gate(find(retention, "gate"), "/retention/gate", Range::log_gate, fixed_gate(0.0), sizes);
+        require_head_axis(normal["gate"], "/retention/gate", "the mirror retention");
+        const double q = number_field(retention, "/retention", "q", 4.0, Range::any);
+        if (!(q > 1.0) || q == 3.0) {
+            fail("/retention/q", "found " + number_text(q) + ", out of range; valid is q > 1 except 3 (where "
+                                 "||W||_q^{q-2} = ||W||_q and A cannot be recovered from W)");
+        }
+        normal["q"] = q;
+        normal["threshold"] = number_field(retention, "/retention", "threshold", 1e-3, Range::nonnegative);
+        normal["domain"] = choice(retention, "/retention", "domain", {"row", "whole"}, std::string("row"));
+        const double floor = number_field(retention, "/retention", "floor", 1e-12, Range::positive);
+        if (!(floor < 0.5)) fail("/retention/floor", "found " + number_text(floor) + ", out of range; valid is 0 < floor < 0.5");
+        normal["floor"] = floor;
         return normal;
     }
     allow_only(retention, "/retention", {"type", "placement", "gate"}, "retention.type 'decay'");
@@ -348,7 +500,7 @@ json parse_retention(const json& spec, const std::string& type, const std::strin
     return normal;
 }
 
-json parse_algorithm(const json& spec, const std::string& type, const Sizes& sizes) {
+json parse_algorithm(const json& spec, const std::string& type, const std::string& retention_type, const Sizes& sizes) {
     const json& algorithm = section(spec, "algorithm");
     const std::string owner = "algorithm.type '" + type + "'";
     json normal{{"type", type}};
@@ -381,6 +533,53 @@ json parse_algorithm(const json& spec, const std::string& type, const Sizes& siz
         }
         normal["solver"] = choice(algorithm, "/algorithm", "solver", {"exact", "conjugate_gradient"}, std::string("exact"));
         normal["cg_iterations"] = integer(algorithm, "/algorithm", "cg_iterations", 30, 1, 10000);
+    } else if (type == "minibatch_gd") {
+        allow_only(algorithm, "/algorithm", {"type", "minibatch_size", "rate", "rate_form", "token_factor", "clip_norm"},
+                   owner);
+        const Index b = integer(algorithm, "/algorithm", "minibatch_size", 1, 1, 65536);
+        normal["minibatch_size"] = b;
+        normal["rate"] = rate("rate");
+        require_head_axis(normal["rate"], "/algorithm/rate", "the mini-batch rate eta");
+        const std::string form = choice(algorithm, "/algorithm", "rate_form", {"per_token", "query_token", "factored"},
+                                        std::string("per_token"));
+        normal["rate_form"] = form;
+        if (form != "per_token" && retention_type != "none") {
+            fail("/algorithm/rate_form", "algorithm.rate_form '" + form + "' with retention.type '" + retention_type +
+                                             "': the " + form + " rate restarts from the mini-batch's start weights, so "
+                                             "it takes no retention; valid is rate_form 'per_token' or retention.type 'none'");
+        }
+        json factor = json::array();
+        if (const json* given = find(algorithm, "token_factor"); given != nullptr) {
+            const std::string at = "/algorithm/token_factor";
+            if (form != "factored") fail(at, "a token_factor needs algorithm.rate_form 'factored'");
+            if (!given->is_array() || static_cast<Index>(given->size()) != b) {
+                fail(at, "found " + shown(*given) + "; expected an array of minibatch_size = " + std::to_string(b) +
+                             " numbers >= 0, one per position of the mini-batch");
+            }
+            for (std::size_t i = 0; i < given->size(); ++i) factor.push_back(number((*given)[i], child(at, std::to_string(i)), Range::nonnegative));
+        } else if (form == "factored") {
+            for (Index i = 1; i <= b; ++i) factor.push_back(1.0 / static_cast<double>(i));  // TTT's 1/i
+        }
+        normal["token_factor"] = factor;
+        normal["clip_norm"] = number_field(algorithm, "/algorithm", "clip_norm", 0.0, Range::nonnegative);
+    } else if (type == "momentum") {
+        allow_only(algorithm, "/algorithm",
+                   {"type", "rate", "momentum", "minibatch_size", "window", "window_weight", "newton_schulz_steps",
+                    "use_momentum", "clip_norm"},
+                   owner);
+        normal["rate"] = rate("rate");
+        require_head_axis(normal["rate"], "/algorithm/rate", "the momentum algorithm's rate eta");
+        normal["momentum"] = gate(find(algorithm, "momentum"), "/algorithm/momentum", Range::log_gate,
+                                  fixed_gate(std::log(0.9)), sizes);
+        require_head_axis(normal["momentum"], "/algorithm/momentum", "the momentum log-decay theta");
+        normal["minibatch_size"] = integer(algorithm, "/algorithm", "minibatch_size", 1, 1, 65536);
+        normal["window"] = integer(algorithm, "/algorithm", "window", 1, 1, 4096);
+        normal["window_weight"] = gate(find(algorithm, "window_weight"), "/algorithm/window_weight", Range::nonnegative,
+                                       fixed_gate(1.0), sizes);
+        require_head_axis(normal["window_weight"], "/algorithm/window_weight", "the Omega window weight gamma");
+        normal["newton_schulz_steps"] = integer(algorithm, "/algorithm", "newton_schulz_steps", 0, 0, 100);
+        normal["use_momentum"] = boolean(algorithm, "/algorithm", "use_momentum", true);
+        normal["clip_norm"] = number_field(algorithm, "/algorithm", "clip_norm", 0.0, Range::nonnegative);
     } else {
         allow_only(algorithm, "/algorithm", {"type"}, owner);
     }
@@ -455,7 +654,7 @@ json parse_expect(const json& spec) {
 }
 
 double default_probe_value(const std::string& gate_name) {
-    if (gate_name == "eta" || gate_name == "beta") return 1.0;
+    if (gate_name == "eta" || gate_name == "beta" || gate_name == "gamma" || gate_name == "delta") return 1.0;
     return 0.0;
 }
 
@@ -524,20 +723,27 @@ LayerSpec parse_spec(const nlohmann::json& spec, const std::string& source) {
     const std::string retention = component_type(spec, "retention");
     const std::string algorithm = component_type(spec, "algorithm");
     const auto clash = spec_registry::combination_clash(memory, bias, retention, algorithm);
-    if (!clash.pointer.empty()) fail(clash.pointer, clash.message);
-    allow_only(section(spec, "attentional_bias"), "/attentional_bias", {"type"}, "attentional_bias.type '" + bias + "'");
+    if (!clash.pointer.empty() && !clash.unregistered) fail(clash.pointer, clash.message);
 
     json normal;
     normal["name"] = result.name;
     if (spec.contains("description")) normal["description"] = spec.at("description");
     Sizes sizes = parse_dims(spec, normal["dims"]);
     normal["memory"] = parse_memory(spec, memory, sizes);
-    normal["attentional_bias"] = json{{"type", bias}};
+    normal["attentional_bias"] = parse_bias(spec, bias, sizes);
     normal["retention"] = parse_retention(spec, retention, memory, algorithm, sizes);
-    normal["algorithm"] = parse_algorithm(spec, algorithm, sizes);
+    normal["algorithm"] = parse_algorithm(spec, algorithm, retention, sizes);
     normal["execution"] = parse_execution(spec);
+    if (retention == "mirror" && normal["execution"]["steps_per_token"].get<Index>() != 1) {
+        fail("/execution/steps_per_token", "found " + normal["execution"]["steps_per_token"].dump() +
+                                               " with retention.type 'mirror': the mirror map acts once per token "
+                                               "around a single step; valid is 1");
+    }
     result.json = normal;
 
+    // A valid combination that this build does not register is reported after its fields, so
+    // that a malformed field is named first.
+    if (clash.unregistered) fail(clash.pointer, clash.message);
     std::unique_ptr<AnyLayer> layer = build_layer(result);
     double state = static_cast<double>(layer->state_size_per_head()) * static_cast<double>(sizes.heads);
     if (memory == "kv_cache") {

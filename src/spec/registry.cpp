@@ -14,8 +14,13 @@ const std::vector<Entry>& all_entries() {
         std::vector<Entry> entries;
         hana::for_each(memory_types, [&](auto memory) {
             using M = typename decltype(memory)::type;
-            hana::for_each(hana::make_range(hana::int_c<0>, hana::int_c<registry_parts<M>>), [&](auto part) {
-                for (auto& entry : entries_for<M, decltype(part)::value>()) entries.push_back(std::move(entry));
+            hana::for_each(bias_types, [&](auto bias) {
+                using B = typename decltype(bias)::type;
+                if constexpr (valid_count<M, B>() > 0) {
+                    hana::for_each(hana::make_range(hana::int_c<0>, hana::int_c<registry_parts<M, B>>), [&](auto part) {
+                        for (auto& entry : entries_for<M, B, decltype(part)::value>()) entries.push_back(std::move(entry));
+                    });
+                }
             });
         });
         return entries;
@@ -31,7 +36,10 @@ struct Rules {
     bool memory_matches_algorithm = true;
     bool algorithm_supports_memory = true;
     bool algorithm_supports_bias = true;
+    bool deep_memory_has_gradient_algorithm = true;
+    bool retention_finished_by_algorithm = true;
     bool valid = true;
+    bool registered = true;
 };
 
 Rules rules_for(const std::string& memory, const std::string& bias, const std::string& retention,
@@ -50,7 +58,10 @@ Rules rules_for(const std::string& memory, const std::string& bias, const std::s
         rules.memory_matches_algorithm = C::memory_matches_algorithm;
         rules.algorithm_supports_memory = C::algorithm_supports_memory;
         rules.algorithm_supports_bias = C::algorithm_supports_bias;
+        rules.deep_memory_has_gradient_algorithm = C::deep_memory_has_gradient_algorithm;
+        rules.retention_finished_by_algorithm = C::retention_finished_by_algorithm;
         rules.valid = is_valid_combination_v<M, B, R, A>;
+        rules.registered = registered_v<M, B, R, A>;
     });
     return rules;
 }
@@ -85,10 +96,27 @@ Clash combination_clash(const std::string& memory, const std::string& bias, cons
         return {"/algorithm/type", pair + "attentional_bias.type '" + bias + "': the " + algorithm +
                                        " algorithm solves the l2 regression; valid is attentional_bias.type 'l2'"};
     }
+    if (!rules.deep_memory_has_gradient_algorithm) {
+        return {"/algorithm/type", pair + "memory.type '" + memory + "': the mlp memory's gradient depends on its "
+                                       "weights, so only the algorithms that take it at stored weights train it; valid "
+                                       "is algorithm.type 'minibatch_gd' or 'momentum'"};
+    }
+    if (!rules.retention_finished_by_algorithm) {
+        return {"/algorithm/type", pair + "retention.type '" + retention + "': the mirror retention maps the memory "
+                                       "back after each gradient step; valid is algorithm.type 'gd', 'minibatch_gd' "
+                                       "or 'momentum'"};
+    }
     if (!rules.valid) {
         return {"/algorithm/type", pair + "memory.type '" + memory + "', attentional_bias.type '" + bias +
                                        "' and retention.type '" + retention + "' is not a valid combination; `miras list` "
                                        "shows the valid ones"};
+    }
+    if (!rules.registered) {
+        return {"/algorithm/type", pair + "memory.type '" + memory + "', attentional_bias.type '" + bias +
+                                       "' and retention.type '" + retention + "' is valid but not compiled into this "
+                                       "build; configure with -DMIRAS_REGISTRY_FULL=ON to register every valid "
+                                       "combination",
+                true};
     }
     return {};
 }

@@ -15,6 +15,6 @@ mkdir -p build-fuzz/corpus build-fuzz/findings
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # The first corpus directory receives new inputs; fuzz/corpus and fuzz/regressions only seed it.
-build-fuzz/spec_fuzzer build-fuzz/corpus fuzz/corpus fuzz/regressions \
+build-fuzz/fuzz/spec_fuzzer build-fuzz/corpus fuzz/corpus fuzz/regressions \
   -dict=fuzz/spec.dict -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
   -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix=build-fuzz/findings/

@@ -35,7 +35,9 @@ class FuzzReplay : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FuzzReplay, EveryInputEndsWithoutACrash) {
     const std::vector<fs::path> files = files_in(GetParam());
-    if (GetParam() == "corpus") ASSERT_FALSE(files.empty()) << "no seed inputs in fuzz/corpus";
+    if (GetParam() == "corpus") {
+        ASSERT_FALSE(files.empty()) << "no seed inputs in fuzz/corpus";
+    }
     for (const fs::path& file : files) {
         EXPECT_NO_THROW(replay(file)) << file.filename();
     }

@@ -157,7 +157,12 @@ CheckResult check_finite(const AnyLayer& layer, const LayerSpec& spec, Index hor
     for (const auto& [gate, tensor] : inputs.gates) view.gates[gate] = gates.emplace(gate, as_float(tensor)).first->second.view();
 
     auto state = layer.initial_state(1, false);
-    const Tensor<float> o = layer.forward(view, *state);
+    Tensor<float> o;
+    try {
+        o = layer.forward(view, *state);
+    } catch (const NumericalError& e) {
+        return {name, Status::failed, std::string(e.what()) + " (float)"};
+    }
     double largest = 0.0;
     for (Index i = 0; i < o.size(); ++i) {
         if (!std::isfinite(o[i])) {

@@ -96,7 +96,11 @@ struct LeastSquares {
         for (int iteration = 0; iteration < cg_iterations; ++iteration) {
             if (value_of(rho) == 0.0) break;
             const Vec<S> Ad = A * direction;
-            const S alpha = rho / direction.dot(Ad);
+            const S curvature = direction.dot(Ad);
+            // A converged float solve leaves a residual whose curvature underflows to 0; stop there
+            // rather than divide by it.
+            if (!(value_of(curvature) > 0.0)) break;
+            const S alpha = rho / curvature;
             z += alpha * direction;
             residual -= alpha * Ad;
             const S next = residual.squaredNorm();

@@ -24,4 +24,10 @@ public:
     using Error::Error;
 };
 
+/// Finite inputs drove a computation to a non-finite value: the state of a layer diverged.
+class NumericalError : public Error {
+public:
+    using Error::Error;
+};
+
 }  // namespace miras

@@ -63,6 +63,22 @@ void check_finite(const TensorView<S>& tensor, const std::string& description, c
     }
 }
 
+/// Throws a NumericalError at the first non-finite output [B, T, H, V].
+template <class S>
+void check_output_finite(const TensorView<S>& output) {
+    for (Index i = 0; i < output.size(); ++i) {
+        const double x = value_of(output.data()[i]);
+        if (!std::isfinite(x)) {
+            std::ostringstream out;
+            out << "output at " << position_string(output.shape(), i, "bthc") << " is " << x
+                << ", not finite, from finite inputs: the state diverged. The layer does not normalise keys; "
+                   "a delta rule stays bounded when beta * ||k||^2 <= 2 (keys of unit norm and rates in [0, 2]), "
+                   "and an inner optimiser when its rate is small. The state of this call is not usable";
+            throw NumericalError(out.str());
+        }
+    }
+}
+
 }  // namespace detail
 
 /// Resolves the gates a layer declares against the inputs of one call, checking shapes and ranges.

@@ -183,9 +183,26 @@ public:
     }
 
     /// Runs the layer over the inputs, starting from `state` and leaving the final state in it.
-    /// Returns o [B, T, H, V].
+    /// Returns o [B, T, H, V]. Finite inputs can still drive the state to infinity (a delta rule
+    /// with beta * ||k||^2 > 2, as the layer does not normalise keys; a large inner rate): such a
+    /// call throws a NumericalError naming the first non-finite output, and leaves the state unusable.
     template <class S>
     Tensor<S> forward(const Inputs<S>& inputs, State<S>& state) const {
+        Tensor<S> output = forward_unchecked(inputs, state);
+        detail::check_output_finite(output.view());
+        return output;
+    }
+
+    /// Runs the layer from the zero state.
+    template <class S>
+    Tensor<S> forward(const Inputs<S>& inputs) const {
+        State<S> state = initial_state<S>(inputs.q.empty() ? 0 : inputs.q.dim(0));
+        return forward(inputs, state);
+    }
+
+private:
+    template <class S>
+    Tensor<S> forward_unchecked(const Inputs<S>& inputs, State<S>& state) const {
         const auto [B, T] = check_inputs(inputs);
         if (state.batch != B || static_cast<Index>(state.heads.size()) != B * dims_.heads) {
             throw InputError("state contains " + std::to_string(state.batch) + " sequences but the inputs have B = " +
@@ -243,12 +260,7 @@ public:
         return output;
     }
 
-    /// Runs the layer from the zero state.
-    template <class S>
-    Tensor<S> forward(const Inputs<S>& inputs) const {
-        State<S> state = initial_state<S>(inputs.q.empty() ? 0 : inputs.q.dim(0));
-        return forward(inputs, state);
-    }
+public:
 
     /// The state as named tensors [B, H, rows, cols] (for example W: [B, H, V, D]).
     template <class S>

@@ -329,8 +329,11 @@ TEST_P(SpecStateSize, ParserCountEqualsSavedScalars) {
     const Index window = memory.contains("window") ? memory.at("window").get<Index>() : 0;
     double counted = static_cast<double>(layer->state_size_per_head()) * static_cast<double>(layer->dims().heads);
     if (window > 0) counted *= static_cast<double>(window);
-    // Enough tokens to fill a window; a growing cache (window 0) is counted per cached token.
-    const Index T = window > 0 ? window + 3 : 1;
+    // Enough tokens to fill a window: the cache's, or the Omega window of pairs an algorithm keeps
+    // (its state is counted full). A growing cache (window 0) is counted per cached token.
+    const nlohmann::json& algorithm = spec.json.at("algorithm");
+    const Index pair_window = algorithm.contains("window") ? algorithm.at("window").get<Index>() : 0;
+    const Index T = (window > 0 || pair_window > 0) ? std::max(window, pair_window) + 3 : 1;
     const TensorMap<double> in = random_inputs(layer->dims(), layer->gates(), 1, T, 91);
     auto state = layer->initial_state(1, true);
     layer->forward(as_inputs(in), *state);

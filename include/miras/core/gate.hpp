@@ -14,10 +14,10 @@
 
 namespace miras {
 
-/// Where a gate varies: one value per head, or one per key channel or per value channel.
+/// The axis a gate varies along: one value per head, or one per key channel or per value channel.
 enum class Axis { head, key, value };
 
-/// Which values a gate accepts.
+/// The range of values a gate accepts.
 enum class Range {
     log_gate,     // g <= 0, the log of a decay in (0, 1]
     nonnegative,  // rates and strengths
@@ -55,7 +55,7 @@ inline bool in_range(double x, Range range) {
     return false;
 }
 
-/// How a user configures one gate.
+/// The user configuration of one gate: its axis and fixed values, or a per-token input.
 struct GateConfig {
     Axis axis = Axis::head;
     bool per_token = false;

@@ -126,7 +126,7 @@ public:
         return options_.query_scale ? *options_.query_scale : 1.0 / std::sqrt(static_cast<double>(options_.key_dim));
     }
 
-    /// Whether a call of T tokens runs the chunked form.
+    /// Returns whether a call of T tokens runs the chunked form.
     bool runs_chunked(Index T) const {
         switch (options_.execution) {
             case Execution::reference:

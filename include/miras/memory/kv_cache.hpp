@@ -123,8 +123,8 @@ struct KVCacheMemory {
         const Mat<S>& values = require_matrix(in, "values", n, dims.value);
         const Mat<S>& weights = require_matrix(in, "log_weights", n, 1);
         if (window > 0 && n > window) {
-            throw InputError("state holds " + std::to_string(n) + " cached pairs, more than the window of " +
-                             std::to_string(window));
+            throw InputError("state contains " + std::to_string(n) + " cached pairs, more than the window of " +
+                             std::to_string(window) + "; valid is at most the window");
         }
         p = zero_params<S>(dims);
         if (window == 0) grow(p, std::max<Index>(16, n));

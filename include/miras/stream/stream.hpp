@@ -80,8 +80,8 @@ public:
 
     void restore(const Snapshot& snapshot) {
         if (snapshot.state.batch != state_.batch) {
-            throw InputError("snapshot holds " + std::to_string(snapshot.state.batch) + " sequences, the stream " +
-                             std::to_string(state_.batch));
+            throw InputError("snapshot contains " + std::to_string(snapshot.state.batch) + " sequences but the stream has " +
+                             std::to_string(state_.batch) + "; restore a snapshot taken from a stream of the same batch");
         }
         state_ = snapshot.state;
         position_ = snapshot.position;

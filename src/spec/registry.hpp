@@ -67,16 +67,16 @@ struct Entry {
 };
 
 #ifndef MIRAS_REGISTRY_FULL
-#define MIRAS_REGISTRY_FULL 0
+#define MIRAS_REGISTRY_FULL 1
 #endif
 
 /// A combination as one type, for lookups in a list of combinations.
 template <class Memory, class Bias, class Retention, class Algorithm>
 struct Combination {};
 
-/// The combinations with a deep component that the default build registers: those of the deep
-/// presets and of the spec files in specs/. The full product (-DMIRAS_REGISTRY_FULL=ON) registers
-/// every valid combination but takes several times the compile time.
+/// The combinations with a deep component that a narrowed build (-DMIRAS_REGISTRY_FULL=OFF)
+/// registers: those of the deep presets and of the spec files in specs/. The default build
+/// registers every valid combination.
 inline constexpr auto default_deep_combinations = hana::tuple_t<
     Combination<MlpMemory, L2Bias, NoRetention, MiniBatchGD>,          // ttt_linear, ttt_mlp
     Combination<MlpMemory, L2Bias, DecayRetention, Momentum>,          // titans, omeganet, atlas
@@ -102,8 +102,8 @@ inline constexpr bool linear_combination_v =
     !std::is_same_v<Retention, MirrorRetention> && !std::is_same_v<Algorithm, MiniBatchGD> &&
     !std::is_same_v<Algorithm, Momentum>;
 
-/// True for the combinations this build registers: every valid one with MIRAS_REGISTRY_FULL, else
-/// the valid linear ones plus default_deep_combinations.
+/// True for the combinations this build registers: every valid one with MIRAS_REGISTRY_FULL (the
+/// default), else the valid linear ones plus default_deep_combinations.
 template <class Memory, class Bias, class Retention, class Algorithm>
 inline constexpr bool registered_v =
     is_valid_combination_v<Memory, Bias, Retention, Algorithm> &&

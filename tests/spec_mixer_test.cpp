@@ -1,7 +1,7 @@
-// The mixer over a type-erased layer and the MQAR network around it: every parameter and input
-// gradient against central finite differences in double, for gates per head and per channel, with
-// and without the short-convolution first block; the batched evaluation against mqar_accuracy; and
-// the message of a layer without a reverse pass.
+// The mixer over a type-erased layer and the MQAR network around it. Every parameter and input
+// gradient is checked against central finite differences in double, for gates per head and per
+// channel, with and without the short-convolution first block. The batched evaluation is checked
+// against mqar_accuracy, and a layer without a reverse pass against its message.
 #include <cmath>
 #include <functional>
 #include <memory>

@@ -1,6 +1,7 @@
-// `miras train --task mqar` run as a user runs it, on a tiny setting: exit statuses, the files of the
-// results folder and their fields, a resumed run equal to an uninterrupted one, the refusal to
-// overwrite a run, bad options, a spec without a reverse pass, and a loss that falls.
+// `miras train --task mqar` run as a user runs it, on a tiny setting. The tests cover exit statuses,
+// the files of the results folder and their fields, and a resumed run equal to an uninterrupted one.
+// They also cover the rejection of an existing run, bad options, a spec without a reverse pass, and
+// a loss that falls.
 #include <sys/wait.h>
 
 #include <cstdlib>

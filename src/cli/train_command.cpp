@@ -157,9 +157,9 @@ Action add_train_command(CLI::App& app) {
     command->add_option("--out", a.out,
                         "Results folder [default: results/train-NAME-YYYYmmdd-HHMMSS-seedN]; one that holds a run is "
                         "rejected unless --resume or --force");
-    command->add_flag("--resume", a.control.resume,
-                      "Continue the run in --out from its checkpoints; the options must equal the run's");
-    command->add_flag("--force", a.control.force, "Replace the run in --out");
+    CLI::Option* resume = command->add_flag("--resume", a.control.resume,
+                                            "Continue the run in --out from its checkpoints; the options must equal the run's");
+    command->add_flag("--force", a.control.force, "Replace the run in --out")->excludes(resume);
     command->add_option("--checkpoint-every", a.control.checkpoint_every,
                         "Steps between checkpoints [default: 0, at every evaluation]");
     command->add_option("--stop-after", a.control.stop_after,

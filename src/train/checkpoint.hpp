@@ -2,10 +2,10 @@
 // (step, data position, random state, evaluations so far) in one binary file, written under a
 // temporary name and renamed into place.
 //
-// Layout: the 16 bytes "MIRAS-CKPT-v1\n\0\0", the JSON length (uint64) and the JSON text, the
-// scalar size (uint64, 4 or 8), the values of every parameter, then every first moment, then every
-// second moment (row-major, in the order of the model's params()), and last the FNV-1a 64 hash of
-// all bytes before it. Integers and scalars are in the byte order of the machine that wrote the
+// Layout: the 16 bytes "MIRAS-CKPT-v1\n\0\0", the JSON length (uint64) and the JSON text, then the
+// scalar size (uint64, 4 or 8). The values of every parameter follow, then every first moment, then
+// every second moment, each row-major and in the order of the model's params(). The file ends with
+// the FNV-1a 64 hash of all bytes before it. Integers and scalars are in the byte order of the machine that wrote the
 // file; a checkpoint is meant to be resumed on the machine (or kind of machine) that wrote it.
 #pragma once
 

@@ -164,7 +164,7 @@ Index uniform_below(std::mt19937_64& engine, Index n) {
     return static_cast<Index>(x % range);
 }
 
-/// A Fisher-Yates permutation of 0..n-1 drawn from `engine`.
+/// Draws a Fisher-Yates permutation of 0..n-1 from `engine`.
 std::vector<Index> shuffled(std::mt19937_64& engine, Index n) {
     std::vector<Index> order(static_cast<std::size_t>(n));
     for (Index i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;

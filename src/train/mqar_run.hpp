@@ -1,6 +1,6 @@
 // `miras train SPEC --task mqar`: trains the MQAR network around a layer built from a spec, once per
-// learning rate, with evaluations on a held-out test set, checkpoints that a later call resumes
-// exactly, and a results folder with CSV, JSON, a gnuplot script and a plot.
+// learning rate, with evaluations on a held-out test set. A later call resumes the checkpoints
+// exactly. The results folder gets CSV, JSON, a gnuplot script and a plot.
 #pragma once
 
 #include <cstdint>
@@ -70,7 +70,7 @@ struct MqarSettings {
 /// The settings of a group ("default" or "zoology"); raises ConfigError for another name.
 MqarSettings settings_group(const std::string& name);
 
-/// How a run uses its folder and the terminal; none of these changes the numbers.
+/// Options of a run's folder and progress output. None of them changes the numbers.
 struct RunControl {
     std::filesystem::path out;
     bool resume = false;
@@ -122,7 +122,7 @@ struct TrainReport {
 /// Trains the network around `layer` (built from the spec `spec_json`) on MQAR for every learning
 /// rate of `settings`, writing checkpoints and, once every rate has finished, the results into
 /// control.out. Raises InputError or ConfigError for bad settings, a layer without a reverse pass,
-/// an output folder that holds results (unless resume or force) and a checkpoint that does not
+/// an output folder that contains a run (unless resume or force) and a checkpoint that does not
 /// match the settings.
 TrainReport train_mqar(const std::shared_ptr<const AnyLayer>& layer, const nlohmann::json& spec_json,
                        const MqarSettings& settings, const RunControl& control, std::ostream& progress);

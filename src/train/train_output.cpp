@@ -65,7 +65,7 @@ int run_gnuplot(const std::string& gnuplot, const fs::path& folder, const std::s
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-/// The gnuplot script of accuracy.dat: test accuracy against step, one line per learning rate.
+/// Returns the gnuplot script of accuracy.dat: test accuracy against step, one line per learning rate.
 std::string plot_script(const TrainReport& report, const std::string& title) {
     static const std::vector<std::string> colours{"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
                                                   "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#aec7e8"};
@@ -89,11 +89,11 @@ std::string plot_script(const TrainReport& report, const std::string& title) {
     return script.str();
 }
 
-std::string quoted_if_needed(const std::string& text) {
-    for (char c : text) {
-        if (c == '\'' || c == '\\') return "spec";
-    }
-    return text;
+/// Doubles single quotes, the escape inside a single-quoted gnuplot string.
+std::string gnuplot_quoted(const std::string& text) {
+    std::string quoted;
+    for (char c : text) quoted += (c == '\'') ? std::string("''") : std::string(1, c);
+    return quoted;
 }
 
 }  // namespace
@@ -151,7 +151,7 @@ void write_results(const fs::path& folder, const json& record, const TrainReport
     write_text_atomic(folder / "summary.csv", summary.str());
     write_text_atomic(folder / "accuracy.dat", data.str());
     const std::string name = record.at("spec").value("name", std::string("spec"));
-    write_text_atomic(folder / "accuracy.gp", plot_script(report, "MQAR: " + quoted_if_needed(name)));
+    write_text_atomic(folder / "accuracy.gp", plot_script(report, "MQAR: " + gnuplot_quoted(name)));
     if (plots) {
         const std::string gnuplot = find_on_path("gnuplot");
         if (gnuplot.empty()) {

@@ -1,7 +1,7 @@
 // The token mixer around a layer built from a JSON spec (an AnyLayer), in the form of the Gated
 // DeltaNet and Miras mixers: q, k, v = silu(ShortConv(W_{q,k,v} x)) with q and k L2-normalised per
-// head, one projection per per-token gate of the layer squashed into the gate's range, the layer,
-// then y = W_o GatedRMSNorm(o, W_z x). The backward pass runs AnyLayer::backward through the inner
+// head. Each per-token gate of the layer gets a projection squashed into the gate's range. The
+// layer's output o gives y = W_o GatedRMSNorm(o, W_z x). The backward pass runs AnyLayer::backward through the inner
 // updates.
 //
 // Gate squashings, by the range the layer declares (miras/core/gate.hpp):

@@ -7,6 +7,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -137,6 +138,59 @@ TEST(SpecMixer, CoveredLayerHasBackward) {
     EXPECT_TRUE(erased(presets::gated_deltanet(options(1, 2, 2)))->has_backward());
     EXPECT_TRUE(erased(presets::linear_attention(options(1, 2, 2)))->has_backward());
     EXPECT_FALSE(erased(presets::deltaproduct(options(1, 2, 2), 2))->has_backward());
+}
+
+template <class S>
+Tensor<S> random_tensor(std::mt19937_64& rng, Shape shape, double lo, double hi) {
+    std::uniform_real_distribution<double> u(lo, hi);
+    Tensor<S> t(std::move(shape));
+    for (Index i = 0; i < t.size(); ++i) t.data()[i] = S(u(rng));
+    return t;
+}
+
+// AnyLayer::backward from a non-zero initial state equals layer_backward on the concrete layer.
+template <class S>
+void expect_erased_backward_matches() {
+    const auto layer = presets::gated_deltanet(options(2, 3, 3));
+    const ErasedLayer<presets::GatedDeltaNet> erased_layer(layer);
+    std::mt19937_64 rng(8);
+    const Index B = 2, T = 5;
+    const Tensor<S> q = random_tensor<S>(rng, {B, T, 2, 3}, -0.5, 0.5), k = random_tensor<S>(rng, {B, T, 2, 3}, -0.5, 0.5);
+    const Tensor<S> v = random_tensor<S>(rng, {B, T, 2, 3}, -1, 1), d_o = random_tensor<S>(rng, {B, T, 2, 3}, -1, 1);
+    const Tensor<S> g = random_tensor<S>(rng, {B, T, 2}, -0.3, 0), eta = random_tensor<S>(rng, {B, T, 2}, 0, 1);
+    const Inputs<S> in{q.view(), k.view(), v.view(), {{"g", g.view()}, {"eta", eta.view()}}};
+
+    // The state after one pass over the same tokens is the initial state of the checked call.
+    auto typed = layer.template initial_state<S>(B);
+    (void)layer.forward(in, typed);
+    auto any_state = erased_layer.initial_state(B, std::is_same_v<S, double>);
+    (void)erased_layer.forward(in, *any_state);
+
+    const LayerGradients<S> direct = layer_backward(layer, in, &typed, d_o.view(), nullptr, 2);
+    const LayerGradients<S> through = erased_layer.backward(in, any_state.get(), d_o.view(), 2);
+    for (const auto& [name, expected, actual] :
+         {std::tuple{"initial_state", &direct.initial_state, &through.initial_state},
+          std::tuple{"q", &direct.q, &through.q}, std::tuple{"k", &direct.k, &through.k},
+          std::tuple{"v", &direct.v, &through.v}, std::tuple{"g", &direct.gates.at("g"), &through.gates.at("g")},
+          std::tuple{"eta", &direct.gates.at("eta"), &through.gates.at("eta")},
+          std::tuple{"output", &direct.output, &through.output}}) {
+        ASSERT_EQ(expected->shape(), actual->shape()) << name;
+        for (Index i = 0; i < expected->size(); ++i) EXPECT_EQ(expected->data()[i], actual->data()[i]) << name << " " << i;
+    }
+    double state_norm = 0;
+    for (Index i = 0; i < direct.initial_state.size(); ++i) state_norm += std::abs(double(direct.initial_state.data()[i]));
+    EXPECT_GT(state_norm, 0) << "the initial state must receive a gradient";
+}
+
+TEST(AnyLayerBackward, MatchesLayerBackwardInDouble) { expect_erased_backward_matches<double>(); }
+TEST(AnyLayerBackward, MatchesLayerBackwardInFloat) { expect_erased_backward_matches<float>(); }
+
+TEST(AnyLayerBackward, ForeignStateIsRejected) {
+    const ErasedLayer<presets::GatedDeltaNet> erased_layer(presets::gated_deltanet(options(1, 2, 2)));
+    const auto float_state = erased_layer.initial_state(1, false);
+    const Tensor<double> x({1, 1, 1, 2}, 0.5), gate({1, 1, 1}, 0.0);
+    const Inputs<double> in{x.view(), x.view(), x.view(), {{"g", gate.view()}, {"eta", gate.view()}}};
+    EXPECT_THROW(erased_layer.backward(in, float_state.get(), x.view(), 4), InputError);
 }
 
 using SpecNetwork = MqarNetwork<SpecMixer<double>, double>;

@@ -125,14 +125,26 @@ TEST_F(TrainCommand, ResumeWithOtherOptionsIsRejected) {
     EXPECT_NE(read_text("stderr.txt").find("no run to continue"), std::string::npos) << read_text("stderr.txt");
 }
 
+TEST_F(TrainCommand, CorruptCheckpointIsRejected) {
+    ASSERT_EQ(miras("train " + specs + "deltanet.json" + tiny + " --stop-after 2 --out " + path("run")), 0);
+    const fs::path checkpoint = dir_ / "run" / "checkpoints" / "lr-0.ckpt";
+    ASSERT_TRUE(fs::is_regular_file(checkpoint));
+    fs::resize_file(checkpoint, fs::file_size(checkpoint) - 9);
+    EXPECT_EQ(miras("train " + specs + "deltanet.json" + tiny + " --resume --out " + path("run")), 2);
+    EXPECT_NE(read_text("stderr.txt").find("lr-0.ckpt' is invalid"), std::string::npos) << read_text("stderr.txt");
+    EXPECT_FALSE(fs::exists(dir_ / "run" / "results.json"));
+}
+
 TEST_F(TrainCommand, ExistingRunIsNotOverwritten) {
     ASSERT_EQ(miras("train " + specs + "deltanet.json" + tiny + " --out " + path("run")), 0);
     const std::string before = read_text("run/results.json");
     EXPECT_EQ(miras("train " + specs + "deltanet.json" + tiny + " --lr 0.01 --out " + path("run")), 2);
     EXPECT_NE(read_text("stderr.txt").find("--force"), std::string::npos) << read_text("stderr.txt");
     EXPECT_EQ(read_text("run/results.json"), before);
-    ASSERT_EQ(miras("train " + specs + "deltanet.json" + tiny + " --lr 0.01 --force --out " + path("run")), 0);
+    ASSERT_EQ(miras("train " + specs + "deltanet.json" + tiny + " --lr 0.01 --precision float64 --force --out " + path("run")),
+              0);
     EXPECT_EQ(read_json("run/results.json").at("settings").at("learning_rates"), json::array({0.01}));
+    EXPECT_EQ(read_json("run/results.json").at("settings").at("precision"), "float64");
 }
 
 TEST_F(TrainCommand, BadOptionsNameTheValue) {

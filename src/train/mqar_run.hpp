@@ -29,13 +29,13 @@ struct MqarSettings {
     double power_a = 0.01;
 
     // The data and the schedule.
-    Index train_examples = 4096;
+    Index train_examples = 16384;
     Index test_examples = 512;
     Index batch = 64;
     Index epochs = 8;
     /// Optimiser steps per learning rate; 0 means epochs * ceil(train_examples / batch).
     Index steps = 0;
-    std::vector<double> learning_rates{3e-3};
+    std::vector<double> learning_rates{1e-2};
     double weight_decay = 0.1;
     Index warmup = 0;  ///< Steps of linear warmup (per-step schedule only).
     /// Cosine schedule stepped once per epoch (Zoology) instead of once per step.

@@ -94,6 +94,33 @@ INSTANTIATE_TEST_SUITE_P(
         MixerCase{"retnet_fixed_gates", [] { return erased(presets::retnet(options(2, 3, 3))); }, 0}),
     [](const ::testing::TestParamInfo<MixerCase>& info) { return info.param.name; });
 
+TEST(SpecMixer, ThreadCountChangesNoNumber) {
+    const auto layer = erased(presets::kda(options(2, 3, 3)));
+    std::mt19937_64 rng(3);
+    const M x = normal_matrix<double>(rng, 5 * 4, 6, 1.0);
+    const M r = normal_matrix<double>(rng, 5 * 4, 6, 1.0);
+    std::vector<M> outputs, input_grads, param_grads;
+    for (int threads : {1, 2, 3, 7}) {
+        std::mt19937_64 init(11);
+        SpecMixer<double> mixer(layer, 6, 3, init);
+        mixer.threads = threads;
+        outputs.push_back(mixer.forward(x, 5, 4));
+        input_grads.push_back(mixer.backward(r));
+        M all(0, 1);
+        for (Param<double>* p : mixer.params()) {
+            M grown(all.rows() + p->grad.size(), 1);
+            grown << all, Eigen::Map<const M>(p->grad.data(), p->grad.size(), 1);
+            all = grown;
+        }
+        param_grads.push_back(all);
+    }
+    for (std::size_t i = 1; i < outputs.size(); ++i) {
+        EXPECT_EQ(outputs[i], outputs[0]) << "output, run " << i;
+        EXPECT_EQ(input_grads[i], input_grads[0]) << "input gradient, run " << i;
+        EXPECT_EQ(param_grads[i], param_grads[0]) << "parameter gradients, run " << i;
+    }
+}
+
 TEST(SpecMixer, GateSquashingsMatchCentralDifferences) {
     for (Range range : {Range::log_gate, Range::nonnegative, Range::positive, Range::any}) {
         for (double a : {-25.0, -2.0, 0.0, 0.7, 25.0}) {

@@ -104,8 +104,9 @@ TEST_F(TrainCommand, ResumedRunEqualsUninterruptedRun) {
     const std::string options = tiny + " --lr 0.003,0.01 --checkpoint-every 3";
     ASSERT_EQ(miras("train " + specs + "gated_deltanet.json" + options + " --out " + path("whole")), 0)
         << read_text("stderr.txt");
-    // Stops inside the first rate, between checkpoints and evaluations, then inside the second.
-    ASSERT_EQ(miras("train " + specs + "gated_deltanet.json" + options + " --stop-after 5 --out " + path("split")), 0)
+    // Stops inside the first rate, between checkpoints and evaluations, then inside the second. The
+    // thread count changes between the calls, which must not change a number either.
+    ASSERT_EQ(miras("train " + specs + "gated_deltanet.json" + options + " --stop-after 5 --threads 3 --out " + path("split")), 0)
         << read_text("stderr.txt");
     EXPECT_FALSE(fs::exists(dir_ / "split" / "results.json"));
     EXPECT_NE(read_text("stderr.txt").find("--resume"), std::string::npos) << read_text("stderr.txt");
@@ -192,7 +193,7 @@ TEST_F(TrainCommand, HelpNamesEveryOption) {
     for (const char* option : {"--task", "--zoology", "--vocab-size", "--seq-len", "--pairs", "--train-examples",
                                "--test-examples", "--batch", "--epochs", "--steps", "--lr", "--weight-decay",
                                "--d-model", "--layers", "--conv-first", "--seed", "--precision", "--out", "--resume",
-                               "--checkpoint-every", "--stop-accuracy", "--progress"}) {
+                               "--checkpoint-every", "--stop-accuracy", "--progress", "--threads", "--stop-after"}) {
         EXPECT_NE(help.find(option), std::string::npos) << option;
     }
 }

@@ -165,6 +165,9 @@ Action add_train_command(CLI::App& app) {
     command->add_option("--stop-after", a.control.stop_after,
                         "Save a checkpoint and exit after this many steps of this call (0: run to the end); "
                         "--resume continues");
+    command->add_option("--threads", a.control.threads,
+                        "Threads over parts of each batch in the layer's passes; the results do not depend on it "
+                        "[default: 1]");
     command->add_flag("--progress", a.progress, "Print a progress line per evaluation on stderr even when it is not a terminal");
     command->add_flag("--no-plots", [&a](std::int64_t) { a.control.plots = false; }, "Do not run gnuplot");
     command->add_option("--expect-accuracy", a.expect_accuracy,

@@ -257,6 +257,7 @@ LrRun train_one(Shared& shared, std::size_t lr_index) {
     const auto make_mixer = [&](std::mt19937_64& rng) {
         nn::SpecMixer<S> mixer(shared.layer, s.model_dim, s.conv_kernel, rng);
         mixer.checkpoint_every = s.backward_checkpoint;
+        mixer.threads = shared.control.threads;
         return mixer;
     };
     Network model(s.vocab_size, s.model_dim, s.conv_first ? s.layers - 1 : s.layers, make_mixer, s.seed,
@@ -503,6 +504,7 @@ TrainReport train_mqar(const std::shared_ptr<const AnyLayer>& layer, const json&
     if (!layer->has_backward()) throw ConfigError("cannot train this spec: " + layer->backward_unavailable_reason());
     if (control.out.empty()) throw InputError("--out is empty; give a folder for the results");
     if (control.stop_after < 0) throw ConfigError("--stop-after = " + std::to_string(control.stop_after) + " is invalid; valid is 0 or more");
+    if (control.threads < 1) throw ConfigError("--threads = " + std::to_string(control.threads) + " is invalid; valid is 1 or more");
     if (control.checkpoint_every < 0) {
         throw ConfigError("--checkpoint-every = " + std::to_string(control.checkpoint_every) + " is invalid; valid is 0 or more");
     }

@@ -16,8 +16,8 @@
 
 namespace miras::train {
 
-/// Everything that determines the numbers of a run. Two runs with equal settings, spec and scalar
-/// type give the same results bit for bit.
+/// Everything that determines the numbers of a run. Two runs with equal settings and spec give the
+/// same results bit for bit on the same build and machine.
 struct MqarSettings {
     std::string group = "default";  ///< "default" or "zoology": where the unset values came from.
 
@@ -83,6 +83,8 @@ struct RunControl {
     bool progress = false;  ///< Progress lines on the progress stream.
     bool live_progress = false;  ///< One line rewritten in place (for a terminal).
     bool plots = true;
+    /// Threads over parts of each batch in the layer's passes; the results do not depend on it.
+    int threads = 1;
 };
 
 /// One evaluation on the test set.

@@ -12,12 +12,14 @@
 // A gate has one output per head, or per head and channel. Gates the spec fixes are left alone.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "miras/core/parallel.hpp"
 #include "miras/nn/activation.hpp"
 #include "miras/nn/gated_norm.hpp"
 #include "miras/nn/l2_norm.hpp"
@@ -146,11 +148,15 @@ public:
             c.gate_values.push_back(c.gate_pre.back().unaryExpr([range](S a) { return squash_gate<S>(range, a); }));
         }
 
-        LayerCall call;
-        fill_layer_call(c, call);
-        const std::unique_ptr<AnyState> state = layer_->initial_state(batch, std::is_same_v<S, double>);
-        const Tensor<S> o = layer_->forward(call.inputs, *state);
-        c.o = as_mat(o, batch * tokens, layer_->dims().heads * layer_->dims().value);
+        const Index width = layer_->dims().heads * layer_->dims().value;
+        c.o.resize(batch * tokens, width);
+        for_each_part(batch, [&](Index first, Index count) {
+            LayerCall call;
+            fill_layer_call(c, first, count, call);
+            const std::unique_ptr<AnyState> state = layer_->initial_state(count, std::is_same_v<S, double>);
+            const Tensor<S> o = layer_->forward(call.inputs, *state);
+            c.o.middleRows(first * tokens, count * tokens) = as_mat(o, count * tokens, width);
+        });
         c.z = wz.forward(x);
         c.normed = norm.forward(c.o, c.z);
         return wo.forward(c.normed);
@@ -165,27 +171,36 @@ public:
         const auto gated = norm.backward(c.o, c.z, d_normed);
         Mat<S> dx = wz.backward(c.x, gated.dz);
 
-        LayerCall call;
-        fill_layer_call(c, call);
-        const Tensor<S> d_o = as_tensor(gated.dx, {B, T, H, V});
-        const LayerGradients<S> lg = layer_->backward(call.inputs, nullptr, d_o.view(), checkpoint_every);
+        // Gradients of the layer's inputs, [B * T, H * C] each; every part of the batch fills its rows.
+        Mat<S> d_q(B * T, H * K), d_k(B * T, H * K), dv(B * T, H * V);
+        std::vector<Mat<S>> d_gates;
+        for (const GateHead& gate : gates) d_gates.emplace_back(B * T, H * gate.channels);
+        for_each_part(B, [&](Index first, Index count) {
+            LayerCall call;
+            fill_layer_call(c, first, count, call);
+            const Tensor<S> d_o = as_tensor(gated.dx.middleRows(first * T, count * T), {count, T, H, V});
+            const LayerGradients<S> lg = layer_->backward(call.inputs, nullptr, d_o.view(), checkpoint_every);
+            d_q.middleRows(first * T, count * T) = as_mat(lg.q, count * T, H * K);
+            d_k.middleRows(first * T, count * T) = as_mat(lg.k, count * T, H * K);
+            dv.middleRows(first * T, count * T) = as_mat(lg.v, count * T, H * V);
+            for (std::size_t i = 0; i < gates.size(); ++i) {
+                const auto found = lg.gates.find(gates[i].spec.name);
+                if (found == lg.gates.end()) {
+                    throw ConfigError("SpecMixer: the reverse pass returned no gradient for the per-token gate '" +
+                                      gates[i].spec.name + "'");
+                }
+                d_gates[i].middleRows(first * T, count * T) = as_mat(found->second, count * T, H * gates[i].channels);
+            }
+        });
 
         for (std::size_t i = 0; i < gates.size(); ++i) {
-            GateHead& gate = gates[i];
-            const auto found = lg.gates.find(gate.spec.name);
-            if (found == lg.gates.end()) {
-                throw ConfigError("SpecMixer: the reverse pass returned no gradient for the per-token gate '" +
-                                  gate.spec.name + "'");
-            }
-            const Mat<S> d_gate = as_mat(found->second, B * T, H * gate.channels);
-            const Range range = gate.spec.range;
+            const Range range = gates[i].spec.range;
             const Mat<S> slope = c.gate_pre[i].unaryExpr([range](S a) { return squash_gate_slope<S>(range, a); });
-            dx += gate.projection.backward(c.x, d_gate.cwiseProduct(slope));
+            dx += gates[i].projection.backward(c.x, d_gates[i].cwiseProduct(slope));
         }
 
-        const Mat<S> dq = l2_normalise_backward<S>(c.q_act, as_mat(lg.q, B * T, H * K), K);
-        const Mat<S> dk = l2_normalise_backward<S>(c.k_act, as_mat(lg.k, B * T, H * K), K);
-        const Mat<S> dv = as_mat(lg.v, B * T, H * V);
+        const Mat<S> dq = l2_normalise_backward<S>(c.q_act, d_q, K);
+        const Mat<S> dk = l2_normalise_backward<S>(c.k_act, d_k, K);
         dx += wq.backward(c.x, conv_q.backward(c.q_proj, activation_backward(Activation::silu, c.q_conv, dq), T));
         dx += wk.backward(c.x, conv_k.backward(c.k_proj, activation_backward(Activation::silu, c.k_conv, dk), T));
         dx += wv.backward(c.x, conv_v.backward(c.v_proj, activation_backward(Activation::silu, c.v_conv, dv), T));
@@ -198,6 +213,9 @@ public:
     std::vector<GateHead> gates;
     /// Tokens between the states that the reverse pass saves; it changes memory and time, not results.
     Index checkpoint_every = 16;
+    /// Threads over parts of the batch in the layer's forward and reverse passes. Each sequence is
+    /// computed alone, so the results are bitwise the same for every thread count.
+    int threads = 1;
 
 private:
     struct Cache {
@@ -231,17 +249,29 @@ private:
         return Eigen::Map<const Mat<S>>(t.data(), rows, cols);
     }
 
-    void fill_layer_call(const Cache& c, LayerCall& call) const {
+    /// Runs body(first, count) over up to `threads` consecutive parts of a batch of `batch` sequences.
+    template <class Body>
+    void for_each_part(Index batch, Body&& body) const {
+        const Index parts = std::max<Index>(1, std::min<Index>(threads, batch));
+        parallel_for(parts, threads, [&](Index part) {
+            const Index first = batch * part / parts, last = batch * (part + 1) / parts;
+            body(first, last - first);
+        });
+    }
+
+    /// Fills `call` with the inputs of sequences first .. first + count - 1.
+    void fill_layer_call(const Cache& c, Index first, Index count, LayerCall& call) const {
         const LayerDims& dims = layer_->dims();
-        const Index B = c.batch, T = c.tokens, H = dims.heads;
-        call.q = as_tensor(c.q, {B, T, H, dims.key});
-        call.k = as_tensor(c.k, {B, T, H, dims.key});
-        call.v = as_tensor(c.v, {B, T, H, dims.value});
+        const Index B = count, T = c.tokens, H = dims.heads;
+        const auto rows = [&](const Mat<S>& m) { return Mat<S>(m.middleRows(first * T, count * T)); };
+        call.q = as_tensor(rows(c.q), {B, T, H, dims.key});
+        call.k = as_tensor(rows(c.k), {B, T, H, dims.key});
+        call.v = as_tensor(rows(c.v), {B, T, H, dims.value});
         call.gate_tensors.reserve(gates.size());
         for (std::size_t i = 0; i < gates.size(); ++i) {
             Shape shape{B, T, H};
             if (gates[i].spec.config.axis != Axis::head) shape.push_back(gates[i].channels);
-            call.gate_tensors.push_back(as_tensor(c.gate_values[i], shape));
+            call.gate_tensors.push_back(as_tensor(rows(c.gate_values[i]), shape));
         }
         call.inputs.q = call.q.view();
         call.inputs.k = call.k.view();

@@ -187,6 +187,24 @@ TEST_F(TrainCommand, LossFallsAndConvFirstRuns) {
     EXPECT_LT(evals.back().at("test_loss").get<double>(), std::log(32.0)) << "no better than uniform over V";
 }
 
+TEST_F(TrainCommand, ZoologyGroupKeepsOverrides) {
+    ASSERT_EQ(miras("train " + specs + "kda.json --task mqar --zoology --train-examples 32 --test-examples 16 --batch 16 "
+                    "--steps 1 --no-plots --out " + path("run")),
+              0)
+        << read_text("stderr.txt");
+    const json settings = read_json("run/results.json").at("settings");
+    EXPECT_EQ(settings.at("group"), "zoology");
+    EXPECT_EQ(settings.at("vocab_size"), 8192);
+    EXPECT_EQ(settings.at("schedule"), "epoch");
+    EXPECT_EQ(settings.at("epochs"), 64);
+    EXPECT_EQ(settings.at("learning_rates").size(), 4u);
+    EXPECT_EQ(settings.at("random_filler"), false);
+    EXPECT_EQ(settings.at("train_examples"), 32);
+    EXPECT_EQ(settings.at("batch"), 16);
+    EXPECT_EQ(settings.at("steps"), 1);
+    EXPECT_EQ(read_json("run/results.json").at("runs").size(), 4u);
+}
+
 TEST_F(TrainCommand, HelpNamesEveryOption) {
     ASSERT_EQ(miras("train --help"), 0);
     const std::string help = read_text("stdout.txt");

@@ -22,7 +22,7 @@ using nlohmann::json;
 
 const std::string specs = std::string(MIRAS_SOURCE_DIR) + "/specs/";
 
-// Small enough for about a second per run: V 32, L 16, 2 pairs, d 16, 2 layers.
+// Small enough for well under a second per run: V 32, L 16, 2 pairs, d 16, 2 layers, 12 steps.
 const std::string tiny = " --task mqar --vocab-size 32 --seq-len 16 --pairs 2 --train-examples 64 --test-examples 32 "
                          "--batch 16 --epochs 3 --d-model 16 --eval-every 4 --no-plots --seed 7";
 
@@ -203,6 +203,29 @@ TEST_F(TrainCommand, ZoologyGroupKeepsOverrides) {
     EXPECT_EQ(settings.at("batch"), 16);
     EXPECT_EQ(settings.at("steps"), 1);
     EXPECT_EQ(read_json("run/results.json").at("runs").size(), 4u);
+}
+
+TEST_F(TrainCommand, EarlyStopAndExpectedAccuracy) {
+    // Accuracy 0 is reached at the first evaluation, and 1.5 never.
+    EXPECT_EQ(miras("train " + specs + "deltanet.json" + tiny + " --stop-accuracy 0 --expect-accuracy 1.5 --out " + path("run")),
+              1);
+    EXPECT_NE(read_text("stderr.txt").find("--expect-accuracy"), std::string::npos) << read_text("stderr.txt");
+    const json run = read_json("run/results.json").at("runs").at(0);
+    EXPECT_EQ(run.at("early_stopped"), true);
+    EXPECT_EQ(run.at("steps"), 4);
+    EXPECT_EQ(run.at("evals").size(), 1u);
+}
+
+TEST_F(TrainCommand, DivergedRateKeepsSweepGoing) {
+    ASSERT_EQ(miras("train " + specs + "gated_deltanet.json" + tiny + " --lr 1e6,0.01 --out " + path("run")), 0)
+        << read_text("stderr.txt");
+    const json runs = read_json("run/results.json").at("runs");
+    ASSERT_EQ(runs.size(), 2u);
+    EXPECT_EQ(runs[0].at("diverged"), true);
+    EXPECT_TRUE(runs[0].contains("diverged_message"));
+    EXPECT_EQ(runs[1].at("diverged"), false);
+    EXPECT_EQ(runs[1].at("steps"), 12);
+    EXPECT_EQ(read_json("run/results.json").at("best").at("lr"), 0.01);
 }
 
 TEST_F(TrainCommand, HelpNamesEveryOption) {

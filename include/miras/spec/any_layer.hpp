@@ -69,8 +69,9 @@ inline constexpr const char* backward_coverage =
     "none or decay retention and the gd algorithm, with the identity feature map, one pair per token and "
     "no separate read key: linear attention, RetNet, Mamba2, GLA, DeltaNet, Gated DeltaNet and KDA";
 
-// The dispatch from a combination to its reverse pass. Every combination with a reverse pass is
-// listed here and nowhere else: backward_reason returns "" when run_backward can run.
+// The dispatch from a combination to its reverse pass, the only place that lists which combinations
+// have one. backward_reason returns "" exactly when run_backward can run, so a new reverse pass
+// extends both functions (and backward_coverage).
 template <class L>
 std::string backward_reason(const L& layer) {
     const std::string combination = std::string(L::memory_type::name) + "/" + L::bias_type::name + "/" +

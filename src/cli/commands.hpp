@@ -22,5 +22,6 @@ Action add_check_command(CLI::App& app);
 Action add_run_command(CLI::App& app);
 Action add_recall_command(CLI::App& app);
 Action add_sweep_command(CLI::App& app);
+Action add_train_command(CLI::App& app);
 
 }  // namespace miras::cli

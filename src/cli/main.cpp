@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
     add(miras::cli::add_run_command);
     add(miras::cli::add_recall_command);
     add(miras::cli::add_sweep_command);
+    add(miras::cli::add_train_command);
 
     try {
         app.parse(argc, argv);

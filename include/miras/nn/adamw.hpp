@@ -56,6 +56,27 @@ public:
 
     Index steps() const { return steps_; }
 
+    /// First and second moments m and v, one per parameter in the order of the constructor.
+    const std::vector<Mat<S>>& first_moments() const { return m_; }
+    const std::vector<Mat<S>>& second_moments() const { return v_; }
+
+    /// Replaces the step count and the moments (to resume from a checkpoint). Raises InputError
+    /// when a moment's shape differs from its parameter's.
+    void restore(Index steps, std::vector<Mat<S>> m, std::vector<Mat<S>> v) {
+        if (steps < 0 || m.size() != params_.size() || v.size() != params_.size()) {
+            throw InputError("AdamW restore: " + std::to_string(m.size()) + " and " + std::to_string(v.size()) +
+                             " moments at step " + std::to_string(steps) + " for " + std::to_string(params_.size()) +
+                             " parameters; need one of each per parameter and a step >= 0");
+        }
+        for (std::size_t i = 0; i < params_.size(); ++i) {
+            expect_same_shape(m[i], params_[i]->value, "AdamW first moment " + std::to_string(i));
+            expect_same_shape(v[i], params_[i]->value, "AdamW second moment " + std::to_string(i));
+        }
+        steps_ = steps;
+        m_ = std::move(m);
+        v_ = std::move(v);
+    }
+
 private:
     std::vector<Param<S>*> params_;
     AdamWConfig config_;

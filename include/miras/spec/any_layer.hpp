@@ -5,8 +5,10 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "miras/layer/backward.hpp"
 #include "miras/layer/layer.hpp"
 
 namespace miras {
@@ -43,7 +45,70 @@ public:
     virtual Tensor<float> forward(const Inputs<float>& inputs, AnyState& state) const = 0;
     virtual NamedTensors<double> save_state(const AnyState& state) const = 0;
     virtual std::unique_ptr<AnyState> load_state(const NamedTensors<double>& tensors, bool use_double) const = 0;
+
+    /// Whether backward can run for this combination and these options.
+    virtual bool has_backward() const = 0;
+    /// Why backward cannot run (empty when has_backward() is true).
+    virtual std::string backward_unavailable_reason() const = 0;
+
+    /// Runs the layer over `inputs` from `initial` (the zero state when null) and back-propagates
+    /// `d_output` [B, T, H, V], saving the state every `checkpoint_every` tokens. Returns the output
+    /// and the gradients of q, k, v, every per-token gate and the initial state. Raises ConfigError
+    /// naming the combination when it has no reverse pass.
+    virtual LayerGradients<double> backward(const Inputs<double>& inputs, const AnyState* initial,
+                                            const TensorView<double>& d_output, Index checkpoint_every) const = 0;
+    virtual LayerGradients<float> backward(const Inputs<float>& inputs, const AnyState* initial,
+                                           const TensorView<float>& d_output, Index checkpoint_every) const = 0;
 };
+
+namespace detail {
+
+/// The combinations with a reverse pass, in words, for error messages.
+inline constexpr const char* backward_coverage =
+    "a reverse pass exists for the matrix memory with the dot_product or l2 bias (without subtract_key), "
+    "none or decay retention and the gd algorithm, with the identity feature map, one pair per token and "
+    "no separate read key: linear attention, RetNet, Mamba2, GLA, DeltaNet, Gated DeltaNet and KDA";
+
+// The dispatch from a combination to its reverse pass, the only place that lists which combinations
+// have one. backward_reason returns "" exactly when run_backward can run, so a new reverse pass
+// extends both functions (and backward_coverage).
+template <class L>
+std::string backward_reason(const L& layer) {
+    const std::string combination = std::string(L::memory_type::name) + "/" + L::bias_type::name + "/" +
+                                    L::retention_type::name + "/" + L::algorithm_type::name;
+    if constexpr (has_linear_backward_v<L>) {
+        std::string option;
+        if (layer.memory().features.kind != FeatureKind::identity) {
+            option = std::string("the feature map ") + feature_kind_name(layer.memory().features.kind);
+        } else if (layer.dims().steps_per_token != 1) {
+            option = std::to_string(layer.dims().steps_per_token) + " pairs per token";
+        } else if (layer.algorithm().separate_read_key) {
+            option = "separate_read_key";
+        }
+        if constexpr (std::is_same_v<typename L::bias_type, L2Bias>) {
+            if (option.empty() && layer.bias().subtract_key) option = "the l2 bias with subtract_key";
+        }
+        if (option.empty()) return "";
+        return "the combination " + combination + " with " + option + " has no reverse pass; " + backward_coverage;
+    } else {
+        (void)layer;
+        return "the combination " + combination + " has no reverse pass; " + backward_coverage;
+    }
+}
+
+template <class L, class S>
+LayerGradients<S> run_backward(const L& layer, const Inputs<S>& inputs, const typename L::template State<S>* initial,
+                               const TensorView<S>& d_output, Index checkpoint_every) {
+    if (const std::string reason = backward_reason(layer); !reason.empty()) throw ConfigError(reason);
+    if constexpr (has_linear_backward_v<L>) {
+        return layer_backward(layer, inputs, initial, d_output, nullptr, checkpoint_every);
+    } else {
+        (void)inputs, (void)initial, (void)d_output, (void)checkpoint_every;
+        return {};  // not reached: backward_reason rejects every combination without a reverse pass
+    }
+}
+
+}  // namespace detail
 
 /// Wraps a concrete Layer as an AnyLayer.
 template <class L>
@@ -91,6 +156,21 @@ public:
         NamedTensors<float> converted;
         for (auto& [name, tensor] : tensors) converted.emplace(name, tensor_cast<float>(tensor.view()));
         return std::make_unique<Held<float>>(layer_.load_state(converted));
+    }
+
+    bool has_backward() const override { return detail::backward_reason(layer_).empty(); }
+    std::string backward_unavailable_reason() const override { return detail::backward_reason(layer_); }
+
+    LayerGradients<double> backward(const Inputs<double>& inputs, const AnyState* initial,
+                                    const TensorView<double>& d_output, Index checkpoint_every) const override {
+        return detail::run_backward(layer_, inputs, initial != nullptr ? &cast<double>(*initial).state : nullptr, d_output,
+                                    checkpoint_every);
+    }
+
+    LayerGradients<float> backward(const Inputs<float>& inputs, const AnyState* initial,
+                                   const TensorView<float>& d_output, Index checkpoint_every) const override {
+        return detail::run_backward(layer_, inputs, initial != nullptr ? &cast<float>(*initial).state : nullptr, d_output,
+                                    checkpoint_every);
     }
 
 private:

@@ -12,7 +12,18 @@ namespace {
 
 using namespace miras;
 
-enum class Model { linear_attention, retnet, mamba2, deltanet, gated_deltanet, gated_deltanet_form_b };
+enum class Model {
+    linear_attention,
+    retnet,
+    mamba2,
+    gla,
+    deltanet,
+    gated_deltanet,
+    gated_deltanet_form_b,
+    kda,
+    kda_form_b,
+    comba
+};
 
 const char* model_name(Model m) {
     switch (m) {
@@ -22,6 +33,10 @@ const char* model_name(Model m) {
         case Model::deltanet: return "DeltaNet";
         case Model::gated_deltanet: return "GatedDeltaNet";
         case Model::gated_deltanet_form_b: return "GatedDeltaNetGradientThenDecay";
+        case Model::gla: return "GLA";
+        case Model::kda: return "KDA";
+        case Model::kda_form_b: return "KDAGradientThenDecay";
+        case Model::comba: return "Comba";
     }
     return "?";
 }
@@ -61,18 +76,27 @@ void expect_modes_agree(const L& base, Index T, Index C, double tolerance) {
     std::mt19937 rng(static_cast<unsigned>(T * 131 + C));
     std::normal_distribution<double> normal(0.0, 1.0);
     std::uniform_real_distribution<double> uniform(0.0, 1.0);
-    Tensor<S> q({B, T, H, K}), k({B, T, H, K}), v({B, T, H, V}), g({B, T, H}), eta({B, T, H});
+    Tensor<S> q({B, T, H, K}), k({B, T, H, K}), v({B, T, H, V}), eta({B, T, H});
+    bool channel_decay = false;
+    if constexpr (requires { base.retention().gate; }) channel_decay = base.retention().gate.axis == Axis::key;
+    const bool read_key = base.algorithm().separate_read_key;
+    Tensor<S> g(channel_decay ? Shape{B, T, H, K} : Shape{B, T, H}), p({B, T, H, read_key ? K : 0});
+    auto unit_rows = [&](Tensor<S>& keys) {
+        for (Index i = 0; i < B * T * H; ++i) {
+            double norm = 0.0;
+            std::vector<double> key(static_cast<std::size_t>(K));
+            for (auto& x : key) { x = normal(rng); norm += x * x; }
+            for (Index c = 0; c < K; ++c) keys[i * K + c] = S(key[static_cast<std::size_t>(c)] / std::sqrt(norm));
+        }
+    };
     for (auto& x : q.values()) x = S(normal(rng));
     for (auto& x : v.values()) x = S(normal(rng));
-    for (Index i = 0; i < B * T * H; ++i) {
-        double norm = 0.0;
-        std::vector<double> key(static_cast<std::size_t>(K));
-        for (auto& x : key) { x = normal(rng); norm += x * x; }
-        for (Index c = 0; c < K; ++c) k[i * K + c] = S(key[static_cast<std::size_t>(c)] / std::sqrt(norm));
-        g[i] = S(-0.5 * uniform(rng));
-        eta[i] = S(uniform(rng));
-    }
+    unit_rows(k);
+    if (read_key) unit_rows(p);
+    for (auto& x : g.values()) x = S(-0.5 * uniform(rng));
+    for (auto& x : eta.values()) x = S(uniform(rng));
     Inputs<S> inputs{q.view(), k.view(), v.view(), {{"g", g.view()}, {"eta", eta.view()}}};
+    if (read_key) inputs.gates.emplace("p", p.view());
 
     Tensor<S> initial({B, H, V, K});
     for (auto& x : initial.values()) x = S(0.3 * normal(rng));
@@ -112,13 +136,22 @@ void run_case(const Case& c, double tolerance) {
                                          presets::per_token_step());
             return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
         }
+        case Model::gla: return expect_modes_agree<S>(presets::gla(options), c.tokens, c.chunk, tolerance);
+        case Model::kda: return expect_modes_agree<S>(presets::kda(options), c.tokens, c.chunk, tolerance);
+        case Model::kda_form_b: {
+            presets::GatedDeltaNet layer(options, {}, {},
+                                         presets::per_token_decay(Axis::key, Placement::gradient_then_decay),
+                                         presets::per_token_step());
+            return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
+        }
+        case Model::comba: return expect_modes_agree<S>(presets::comba(options), c.tokens, c.chunk, tolerance);
     }
 }
 
 std::vector<Case> cases() {
     std::vector<Case> all;
-    for (Model m : {Model::linear_attention, Model::retnet, Model::mamba2, Model::deltanet, Model::gated_deltanet,
-                    Model::gated_deltanet_form_b}) {
+    for (Model m : {Model::linear_attention, Model::retnet, Model::mamba2, Model::gla, Model::deltanet,
+                    Model::gated_deltanet, Model::gated_deltanet_form_b, Model::kda, Model::kda_form_b, Model::comba}) {
         for (Index C : {16, 32, 64}) {
             for (Index T : {Index(1), Index(2), C - 1, C, C + 1, Index(1000)}) all.push_back({m, T, C});
         }
@@ -139,15 +172,17 @@ INSTANTIATE_TEST_SUITE_P(Presets, ChunkedForm, ::testing::ValuesIn(cases()), [](
 TEST(ChunkedForm, RejectsLayersWithoutAnExactChunkedForm) {
     LayerOptions options{.heads = 1, .key_dim = 4, .value_dim = 4};
     options.execution = Execution::chunked;
-    EXPECT_THROW(presets::kda(options), ConfigError);
     EXPECT_THROW(presets::longhorn(options), ConfigError);
+    EXPECT_THROW(presets::mesanet(options), ConfigError);
 }
 
 TEST(ChunkedForm, AutomaticPicksChunkedOnlyWhereExact) {
     const LayerOptions options{.heads = 1, .key_dim = 4, .value_dim = 4, .chunk_size = 16};
     EXPECT_TRUE(presets::gated_deltanet(options).runs_chunked(16));
     EXPECT_FALSE(presets::gated_deltanet(options).runs_chunked(15));
-    EXPECT_FALSE(presets::comba(options).runs_chunked(64));
+    EXPECT_TRUE(presets::comba(options).runs_chunked(64));
+    EXPECT_TRUE(presets::kda(options).runs_chunked(64));
+    EXPECT_TRUE(presets::gla(options).runs_chunked(64));
     EXPECT_FALSE(presets::mesanet(options).runs_chunked(64));
 }
 

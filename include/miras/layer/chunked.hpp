@@ -1,20 +1,30 @@
 // Chunked execution of the matrix-memory layers whose recurrence is linear in the state: the delta
 // rule family (l2 bias) and the decayed linear attention family (dot-product bias). Both take one
-// gradient step per token with a per-head rate, and no retention or a per-head decay. The chunked
-// form returns the numbers of the token loop, computed with a few matrix products per chunk.
+// gradient step per token with a per-head rate, and no retention or a decay per head or per key
+// channel. The chunked form returns the numbers of the token loop, computed with a few matrix
+// products per chunk.
 //
-// Within a chunk, with the chunk's start state W_0, cumulative log-decays G_r = g_1 + ... + g_r and
-// the exponent E_r of the state where token r's prediction is taken (E_r = G_r for
-// decay_then_gradient, G_{r-1} for gradient_then_decay), every write is W_r = exp(g_r) W_{r-1} +
-// u_r k_r^T with
-//   u_r = eta_r (v_r - exp(E_r) W_0 k_r - sum_{i<r} exp(E_r - G_i) (k_i . k_r) u_i)   (l2 bias)
+// Per-head decay. Within a chunk, with the chunk's start state W_0, cumulative log-decays
+// G_r = g_1 + ... + g_r and the exponent E_r of the state where token r's prediction is taken
+// (E_r = G_r for decay_then_gradient, G_{r-1} for gradient_then_decay), every write is
+// W_r = exp(g_r) W_{r-1} + u_r k_r^T with
+//   u_r = eta_r (v_r - exp(E_r) W_0 p_r - sum_{i<r} exp(E_r - G_i) (k_i . p_r) u_i)   (l2 bias)
 //   u_r = eta_r v_r                                                                  (dot product)
-// so (I + A) U = diag(eta) V - diag(eta exp(E)) K W_0^T with the strictly lower triangular
-// A[r, i] = eta_r exp(E_r - G_i) (k_r . k_i): the WY (UT transform) form of the flash-linear-attention
-// chunked delta rule, solved here by a unit lower triangular solve. Then
+// where p_r = k_r, or the separate read key of Comba. So (I + A) U = diag(eta) V -
+// diag(eta exp(E)) P W_0^T with the strictly lower triangular A[r, i] = eta_r exp(E_r - G_i)
+// (p_r . k_i): the WY (UT transform) form of the flash-linear-attention chunked delta rule, solved
+// here by a unit lower triangular solve. Then
 //   O = diag(exp(G)) Q W_0^T + (tril(exp(G_r - G_i)) * Q K^T) U
 //   W_C = exp(G_C) W_0 + U^T diag(exp(G_C - G)) K.
 // Every exponent is a difference G_r - G_i with i <= r (or a single G_r), so it is <= 0.
+//
+// Per-key-channel decay (GLA, HGRN2, KDA). G_r and E_r become rows of K cumulative log-decays, the
+// write is W_r = W_{r-1} diag(exp(g_r)) + u_r k_r^T, and every scalar exp(E_r - G_i) (x_r . y_i)
+// becomes the decayed product sum_c x_rc y_ic exp(E_rc - G_ic). decayed_products computes these
+// in sub-blocks of 16 tokens, as the secondary chunking of flash-linear-attention's GLA kernels
+// does: across sub-blocks through the last row G_e of the earlier block and the row G_f before the
+// later one, x_r exp(E_r - G_f) . (exp(G_f - G_e) y_i exp(G_e - G_i)), each exponent <= 0 because
+// i <= e <= f < r; within a sub-block one exponential per term.
 #pragma once
 
 #include <limits>
@@ -57,9 +67,10 @@ bool chunkable(const L& layer) {
             if (layer.bias().subtract_key) return false;
         }
         const GradientStep& step = layer.algorithm();
-        if (step.separate_read_key || step.rate.axis != Axis::head) return false;
+        if (step.rate.axis != Axis::head) return false;
         if constexpr (std::is_same_v<Retention, DecayRetention>) {
-            if (layer.retention().gate.axis != Axis::head) return false;
+            const Axis axis = layer.retention().gate.axis;
+            if (axis != Axis::head && axis != Axis::key) return false;
         }
         return true;
     }
@@ -78,6 +89,51 @@ void decay_mask(const Vec<S>& row, const Vec<S>& column, Index n, bool include_d
     m = m.array().exp().matrix();
 }
 
+/// Sets out[r, i] = sum_c X[r, c] Y[i, c] exp(R[r, c] - G[i, c]) for i < r (i <= r with
+/// include_diagonal) and 0 above, for the first n rows. G contains cumulative log-decays (each row
+/// <= the one before), and every R[r] lies between G[r - 1] and G[r] (G[-1] = 0), so every
+/// exponent taken is <= 0. Y_hat is scratch of X's shape.
+template <class S>
+void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const Mat<S>& G, Index n,
+                      bool include_diagonal, Mat<S>& Y_hat, Mat<S>& out) {
+    constexpr Index block = 16;
+    const Index K = X.cols();
+    auto result = out.topLeftCorner(n, n);
+    result.setZero();
+    // Y_hat[i] = Y[i] exp(G_e - G[i]) with e the last row of i's sub-block.
+    for (Index first = 0; first < n; first += block) {
+        const Index last = std::min(first + block, n) - 1;
+        for (Index i = first; i <= last; ++i) {
+            Y_hat.row(i) = Y.row(i).array() * (G.row(last) - G.row(i)).array().exp();
+        }
+    }
+    Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> X_hat(block, K);
+    Eigen::Array<S, 1, Eigen::Dynamic> bridge(K);
+    for (Index first = 0; first < n; first += block) {
+        const Index rows = std::min(block, n - first);
+        // X_hat[r] = X[r] exp(R[r] - G_f) with f = first - 1, the row before this sub-block.
+        for (Index r = 0; r < rows; ++r) {
+            if (first == 0) {
+                X_hat.row(r) = X.row(first + r).array() * R.row(first + r).array().exp();
+            } else {
+                X_hat.row(r) = X.row(first + r).array() * (R.row(first + r) - G.row(first - 1)).array().exp();
+            }
+        }
+        for (Index other = 0; other < first; other += block) {
+            const Index e = other + block - 1;
+            bridge = (G.row(first - 1) - G.row(e)).array().exp();
+            const Mat<S> scaled = (X_hat.topRows(rows).rowwise() * bridge).matrix();
+            result.block(first, other, rows, block).noalias() = scaled * Y_hat.middleRows(other, block).transpose();
+        }
+        for (Index r = first; r < first + rows; ++r) {
+            const Index stop = include_diagonal ? r : r - 1;
+            for (Index i = first; i <= stop; ++i) {
+                result(r, i) = (X.row(r).array() * Y.row(i).array() * (R.row(r) - G.row(i)).array().exp()).sum();
+            }
+        }
+    }
+}
+
 /// Runs one (b, h) sequence chunk by chunk; W is the head's state, updated in place.
 template <class S, class L, class RetentionBound, class AlgorithmBound>
 void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
@@ -89,9 +145,14 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
     const Index C = layer.options().chunk_size;
     const S scale = S(layer.query_scale());
     const bool gradient_first = layer.retention().placement == Placement::gradient_then_decay;
+    const bool read_key = delta && layer.algorithm().separate_read_key;
+    bool channel = false;
+    if constexpr (std::is_same_v<Retention, DecayRetention>) channel = layer.retention().gate.axis == Axis::key;
 
-    Mat<S> Q(C, K), Kc(C, K), Vc(C, V), A(C, C), U(C, V), Wk(C, K), O(C, V), mask(C, C);
+    Mat<S> Q(C, K), Kc(C, K), Pc(read_key ? C : 0, K), Vc(C, V), A(C, C), U(C, V), Wk(C, K), O(C, V), mask(C, C);
     Vec<S> G(C), E(C), eta(C);
+    // Per-channel decay: cumulative log-decays and prediction exponents per key channel.
+    Mat<S> Gm(channel ? C : 0, K), Em(channel ? C : 0, K), scratch(channel ? C : 0, K);
 
     for (Index start = 0; start < T; start += C) {
         const Index n = std::min(C, T - start);
@@ -107,49 +168,80 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
                 Qn(r, c) = q[c] * scale;
                 Kn(r, c) = k[c];
             }
+            if (read_key) {
+                const S* p = algorithm_gates.p.at(b, t, h).data;
+                for (Index c = 0; c < K; ++c) Pc(r, c) = p[c];
+            }
             for (Index c = 0; c < V; ++c) Vn(r, c) = v[c];
-            const S g = layer.retention().log_decay(retention_gates, b, t, h)[0];
-            const S previous = r == 0 ? S(0) : G[r - 1];
-            G[r] = previous + g;
-            E[r] = gradient_first ? previous : G[r];
+            const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
+            if (channel) {
+                for (Index c = 0; c < K; ++c) {
+                    const S previous = r == 0 ? S(0) : Gm(r - 1, c);
+                    Gm(r, c) = previous + g[c];
+                    Em(r, c) = gradient_first ? previous : Gm(r, c);
+                }
+            } else {
+                const S previous = r == 0 ? S(0) : G[r - 1];
+                G[r] = previous + g[0];
+                E[r] = gradient_first ? previous : G[r];
+            }
             eta[r] = algorithm_gates.eta.at(b, t, h)[0];
         }
+        // The keys the predictions read: p for Comba, else k.
+        const auto Pn = read_key ? Pc.topRows(n) : Kc.topRows(n);
 
-        // U = (I + A)^{-1} (diag(eta) V - diag(eta exp(E)) K W_0^T).
+        // U = (I + A)^{-1} (diag(eta) V - diag(eta) (P * exp(E)) W_0^T).
         auto Un = U.topRows(n);
         Un.noalias() = eta.head(n).asDiagonal() * Vn;
         if constexpr (delta) {
             auto Wn = Wk.topRows(n);
-            for (Index r = 0; r < n; ++r) Wn.row(r) = (eta[r] * math::exp(E[r])) * Kn.row(r);
-            Un.noalias() -= Wn * W.transpose();
             auto An = A.topLeftCorner(n, n);
-            An.noalias() = Kn * Kn.transpose();
-            decay_mask(E, G, n, /*include_diagonal=*/false, mask);
-            An.array() *= mask.topLeftCorner(n, n).array();
+            if (channel) {
+                Wn = eta.head(n).asDiagonal() * (Pn.array() * Em.topRows(n).array().exp()).matrix();
+                decayed_products(Pc.rows() > 0 ? Pc : Kc, Em, Kc, Gm, n, /*include_diagonal=*/false, scratch, A);
+            } else {
+                for (Index r = 0; r < n; ++r) Wn.row(r) = (eta[r] * math::exp(E[r])) * Pn.row(r);
+                An.noalias() = Pn * Kn.transpose();
+                decay_mask(E, G, n, /*include_diagonal=*/false, mask);
+                An.array() *= mask.topLeftCorner(n, n).array();
+            }
+            Un.noalias() -= Wn * W.transpose();
             An = eta.head(n).asDiagonal() * An;
             // The unit lower view reads only the strictly lower part of A and puts ones on the diagonal.
             An.template triangularView<Eigen::UnitLower>().solveInPlace(Un);
         }
 
-        // O = diag(exp(G)) Q W_0^T + (tril(exp(G_r - G_i)) * Q K^T) U.
+        // O = (Q * exp(G)) W_0^T + (decayed Q K^T, lower triangle with the diagonal) U.
         auto On = O.topRows(n);
-        On.noalias() = Qn * W.transpose();
-        for (Index r = 0; r < n; ++r) On.row(r) *= math::exp(G[r]);
         auto P = A.topLeftCorner(n, n);
-        P.noalias() = Qn * Kn.transpose();
-        decay_mask(G, G, n, /*include_diagonal=*/true, mask);
-        P.array() *= mask.topLeftCorner(n, n).array();
+        if (channel) {
+            On.noalias() = (Qn.array() * Gm.topRows(n).array().exp()).matrix() * W.transpose();
+            decayed_products(Q, Gm, Kc, Gm, n, /*include_diagonal=*/true, scratch, A);
+        } else {
+            On.noalias() = Qn * W.transpose();
+            for (Index r = 0; r < n; ++r) On.row(r) *= math::exp(G[r]);
+            P.noalias() = Qn * Kn.transpose();
+            decay_mask(G, G, n, /*include_diagonal=*/true, mask);
+            P.array() *= mask.topLeftCorner(n, n).array();
+        }
         On.noalias() += P * Un;
         for (Index r = 0; r < n; ++r) {
             S* o = output.data() + ((b * T + start + r) * H + h) * V;
             for (Index c = 0; c < V; ++c) o[c] = On(r, c);
         }
 
-        // W_C = exp(G_C) W_0 + U^T diag(exp(G_C - G)) K.
-        const S last = G[n - 1];
+        // W_C = W_0 exp(G_C) + U^T (K * exp(G_C - G)), the exponentials per channel or per head.
         auto Wn = Wk.topRows(n);
-        for (Index r = 0; r < n; ++r) Wn.row(r) = math::exp(last - G[r]) * Kn.row(r);
-        W *= math::exp(last);
+        if (channel) {
+            for (Index r = 0; r < n; ++r) {
+                Wn.row(r) = Kn.row(r).array() * (Gm.row(n - 1) - Gm.row(r)).array().exp();
+            }
+            W.array().rowwise() *= Gm.row(n - 1).array().exp();
+        } else {
+            const S last = G[n - 1];
+            for (Index r = 0; r < n; ++r) Wn.row(r) = math::exp(last - G[r]) * Kn.row(r);
+            W *= math::exp(last);
+        }
         W.noalias() += Un.transpose() * Wn;
     }
     if constexpr (std::is_same_v<Retention, NoRetention>) (void)retention_gates;

@@ -80,6 +80,15 @@ void BM_Mamba2PrefillChunked(benchmark::State& state) {
 void BM_GlaPrefillRecurrent(benchmark::State& state) {
     run_prefill(state, presets::gla(prefill_options(Execution::recurrent)), true);
 }
+void BM_GlaPrefillChunked(benchmark::State& state) {
+    run_prefill(state, presets::gla(prefill_options(Execution::chunked)), true);
+}
+void BM_KdaPrefillChunked(benchmark::State& state) {
+    run_prefill(state, presets::kda(prefill_options(Execution::chunked)), true);
+}
+void BM_KdaPrefillRecurrent(benchmark::State& state) {
+    run_prefill(state, presets::kda(prefill_options(Execution::recurrent)), true);
+}
 void BM_GatedDeltaNetPrefillChunkedTwoThreads(benchmark::State& state) {
     run_prefill(state, presets::gated_deltanet(prefill_options(Execution::chunked, 2)), false);
 }
@@ -88,6 +97,9 @@ BENCHMARK(BM_GatedDeltaNetPrefillChunkedTwoThreads)->Unit(benchmark::kMillisecon
 BENCHMARK(BM_GatedDeltaNetPrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Mamba2PrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GlaPrefillRecurrent)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GlaPrefillChunked)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_KdaPrefillRecurrent)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_KdaPrefillChunked)->Unit(benchmark::kMillisecond);
 
 /// One token at a time with the state carried: the decode step (H = 16, K = V = 128).
 void BM_GatedDeltaNetDecode(benchmark::State& state) {

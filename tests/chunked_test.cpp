@@ -22,7 +22,9 @@ enum class Model {
     gated_deltanet_form_b,
     kda,
     kda_form_b,
-    comba
+    comba,
+    deltaproduct_2,
+    deltaproduct_3
 };
 
 const char* model_name(Model m) {
@@ -37,6 +39,8 @@ const char* model_name(Model m) {
         case Model::kda: return "KDA";
         case Model::kda_form_b: return "KDAGradientThenDecay";
         case Model::comba: return "Comba";
+        case Model::deltaproduct_2: return "DeltaProduct2";
+        case Model::deltaproduct_3: return "DeltaProduct3";
     }
     return "?";
 }
@@ -76,13 +80,15 @@ void expect_modes_agree(const L& base, Index T, Index C, double tolerance) {
     std::mt19937 rng(static_cast<unsigned>(T * 131 + C));
     std::normal_distribution<double> normal(0.0, 1.0);
     std::uniform_real_distribution<double> uniform(0.0, 1.0);
-    Tensor<S> q({B, T, H, K}), k({B, T, H, K}), v({B, T, H, V}), eta({B, T, H});
+    // k, v, eta and p carry n pairs per token (DeltaProduct); q and g one entry per token.
+    const Index n = base.dims().steps_per_token;
+    Tensor<S> q({B, T, H, K}), k({B, T * n, H, K}), v({B, T * n, H, V}), eta({B, T * n, H});
     bool channel_decay = false;
     if constexpr (requires { base.retention().gate; }) channel_decay = base.retention().gate.axis == Axis::key;
     const bool read_key = base.algorithm().separate_read_key;
-    Tensor<S> g(channel_decay ? Shape{B, T, H, K} : Shape{B, T, H}), p({B, T, H, read_key ? K : 0});
+    Tensor<S> g(channel_decay ? Shape{B, T, H, K} : Shape{B, T, H}), p({B, T * n, H, read_key ? K : 0});
     auto unit_rows = [&](Tensor<S>& keys) {
-        for (Index i = 0; i < B * T * H; ++i) {
+        for (Index i = 0; i < keys.size() / K; ++i) {
             double norm = 0.0;
             std::vector<double> key(static_cast<std::size_t>(K));
             for (auto& x : key) { x = normal(rng); norm += x * x; }
@@ -145,13 +151,17 @@ void run_case(const Case& c, double tolerance) {
             return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
         }
         case Model::comba: return expect_modes_agree<S>(presets::comba(options), c.tokens, c.chunk, tolerance);
+        case Model::deltaproduct_2:
+            return expect_modes_agree<S>(presets::deltaproduct(options, 2), c.tokens, c.chunk, tolerance);
+        case Model::deltaproduct_3:
+            return expect_modes_agree<S>(presets::deltaproduct(options, 3), c.tokens, c.chunk, tolerance);
     }
 }
 
 std::vector<Case> cases() {
     std::vector<Case> all;
     for (Model m : {Model::linear_attention, Model::retnet, Model::mamba2, Model::gla, Model::deltanet,
-                    Model::gated_deltanet, Model::gated_deltanet_form_b, Model::kda, Model::kda_form_b, Model::comba}) {
+                    Model::gated_deltanet, Model::gated_deltanet_form_b, Model::kda, Model::kda_form_b, Model::comba, Model::deltaproduct_2, Model::deltaproduct_3}) {
         for (Index C : {16, 32, 64}) {
             for (Index T : {Index(1), Index(2), C - 1, C, C + 1, Index(1000)}) all.push_back({m, T, C});
         }
@@ -183,6 +193,7 @@ TEST(ChunkedForm, AutomaticPicksChunkedOnlyWhereExact) {
     EXPECT_TRUE(presets::comba(options).runs_chunked(64));
     EXPECT_TRUE(presets::kda(options).runs_chunked(64));
     EXPECT_TRUE(presets::gla(options).runs_chunked(64));
+    EXPECT_TRUE(presets::deltaproduct(options, 2).runs_chunked(64));
     EXPECT_FALSE(presets::mesanet(options).runs_chunked(64));
 }
 

@@ -25,6 +25,9 @@
 // does: across sub-blocks through the last row G_e of the earlier block and the row G_f before the
 // later one, x_r exp(E_r - G_f) . (exp(G_f - G_e) y_i exp(G_e - G_i)), each exponent <= 0 because
 // i <= e <= f < r; within a sub-block one exponential per term.
+//
+// DeltaProduct, which writes n pairs per token, runs the same form over the sequence of pairs:
+// the token's decay enters at its first pair, and its query reads after its last.
 #pragma once
 
 #include <limits>
@@ -61,7 +64,7 @@ bool chunkable(const L& layer) {
         return false;
     } else {
         const auto& options = layer.options();
-        if (options.read != ReadTiming::after_write || options.steps_per_token != 1) return false;
+        if (options.read != ReadTiming::after_write) return false;
         if (layer.memory().features.kind != FeatureKind::identity) return false;
         if constexpr (std::is_same_v<Bias, L2Bias>) {
             if (layer.bias().subtract_key) return false;
@@ -143,6 +146,9 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
     constexpr bool delta = std::is_same_v<Bias, L2Bias>;
     const Index H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
     const Index C = layer.options().chunk_size;
+    // DeltaProduct writes `steps` pairs per token: the rows of a chunk are pairs, the decay acts at
+    // a token's first pair and the query reads after its last.
+    const Index steps = layer.dims().steps_per_token, pairs = T * steps;
     const S scale = S(layer.query_scale());
     const bool gradient_first = layer.retention().placement == Placement::gradient_then_decay;
     const bool read_key = delta && layer.algorithm().separate_read_key;
@@ -154,22 +160,24 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
     // Per-channel decay: cumulative log-decays and prediction exponents per key channel.
     Mat<S> Gm(channel ? C : 0, K), Em(channel ? C : 0, K), scratch(channel ? C : 0, K);
 
-    for (Index start = 0; start < T; start += C) {
-        const Index n = std::min(C, T - start);
+    for (Index start = 0; start < pairs; start += C) {
+        const Index n = std::min(C, pairs - start);
         auto Qn = Q.topRows(n);
         auto Kn = Kc.topRows(n);
         auto Vn = Vc.topRows(n);
         for (Index r = 0; r < n; ++r) {
-            const Index t = start + r;
-            const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
-            const S* k = inputs.k.data() + ((b * T + t) * H + h) * K;
-            const S* v = inputs.v.data() + ((b * T + t) * H + h) * V;
-            for (Index c = 0; c < K; ++c) {
-                Qn(r, c) = q[c] * scale;
-                Kn(r, c) = k[c];
+            const Index step = start + r, t = step / steps, pair = step % steps;
+            const S* k = inputs.k.data() + ((b * pairs + step) * H + h) * K;
+            const S* v = inputs.v.data() + ((b * pairs + step) * H + h) * V;
+            if (pair == steps - 1) {
+                const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
+                for (Index c = 0; c < K; ++c) Qn(r, c) = q[c] * scale;
+            } else {
+                Qn.row(r).setZero();
             }
+            for (Index c = 0; c < K; ++c) Kn(r, c) = k[c];
             if (read_key) {
-                const S* p = algorithm_gates.p.at(b, t, h).data;
+                const S* p = algorithm_gates.p.at(b, step, h).data;
                 for (Index c = 0; c < K; ++c) Pc(r, c) = p[c];
             }
             for (Index c = 0; c < V; ++c) Vn(r, c) = v[c];
@@ -177,15 +185,15 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
             if (channel) {
                 for (Index c = 0; c < K; ++c) {
                     const S previous = r == 0 ? S(0) : Gm(r - 1, c);
-                    Gm(r, c) = previous + g[c];
+                    Gm(r, c) = previous + (pair == 0 ? g[c] : S(0));
                     Em(r, c) = gradient_first ? previous : Gm(r, c);
                 }
             } else {
                 const S previous = r == 0 ? S(0) : G[r - 1];
-                G[r] = previous + g[0];
+                G[r] = previous + (pair == 0 ? g[0] : S(0));
                 E[r] = gradient_first ? previous : G[r];
             }
-            eta[r] = algorithm_gates.eta.at(b, t, h)[0];
+            eta[r] = algorithm_gates.eta.at(b, step, h)[0];
         }
         // The keys the predictions read: p for Comba, else k.
         const auto Pn = read_key ? Pc.topRows(n) : Kc.topRows(n);
@@ -226,7 +234,9 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
         }
         On.noalias() += P * Un;
         for (Index r = 0; r < n; ++r) {
-            S* o = output.data() + ((b * T + start + r) * H + h) * V;
+            const Index step = start + r;
+            if (step % steps != steps - 1) continue;
+            S* o = output.data() + ((b * T + step / steps) * H + h) * V;
             for (Index c = 0; c < V; ++c) o[c] = On(r, c);
         }
 

@@ -24,28 +24,32 @@ void forward_head_fused(const L& layer, const Inputs<S>& inputs, const Retention
     const S scale = S(layer.query_scale());
     const bool gradient_first = layer.retention().placement == Placement::gradient_then_decay;
     const bool read_key = delta && layer.algorithm().separate_read_key;
+    // DeltaProduct writes `steps` pairs per token; the decay acts at the first, the read after the last.
+    const Index steps = layer.dims().steps_per_token, pairs = T * steps;
     Vec<S> q(K), decay(K);
 
-    for (Index t = 0; t < T; ++t) {
-        const Index row = (b * T + t) * H + h;
+    for (Index step = 0; step < pairs; ++step) {
+        const Index t = step / steps, pair = step % steps;
+        const Index row = (b * pairs + step) * H + h;
         const VecMap<S> k(inputs.k.data() + row * K, K);
         // The key the prediction reads: p for Comba, else k.
-        const VecMap<S> p(read_key ? algorithm_gates.p.at(b, t, h).data : inputs.k.data() + row * K, K);
+        const VecMap<S> p(read_key ? algorithm_gates.p.at(b, step, h).data : inputs.k.data() + row * K, K);
         const S* v = inputs.v.data() + row * V;
-        q = VecMap<S>(inputs.q.data() + row * K, K) * scale;
-        S* o = output.data() + row * V;
+        const bool reads = pair == steps - 1;
+        if (reads) q = VecMap<S>(inputs.q.data() + ((b * T + t) * H + h) * K, K) * scale;
+        S* o = output.data() + ((b * T + t) * H + h) * V;
         const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
-        const S eta = algorithm_gates.eta.at(b, t, h)[0];
+        const S eta = algorithm_gates.eta.at(b, step, h)[0];
 
-        if (g.scalar()) {
-            const S a = math::exp(g[0]);
+        if (pair != 0 || g.scalar()) {
+            const S a = pair == 0 ? math::exp(g[0]) : S(1);
             const S prediction_scale = gradient_first ? S(1) : a;
             for (Index i = 0; i < V; ++i) {
                 auto w = W.row(i);
                 S gradient = -v[i];
                 if constexpr (delta) gradient += prediction_scale * w.dot(p.transpose());
                 w = a * w - (eta * gradient) * k.transpose();
-                o[i] = w.dot(q.transpose());
+                if (reads) o[i] = w.dot(q.transpose());
             }
         } else {
             // One decay per key channel: W <- W diag(exp(g)).
@@ -58,7 +62,7 @@ void forward_head_fused(const L& layer, const Inputs<S>& inputs, const Retention
                     else gradient += w.cwiseProduct(decay.transpose()).dot(p.transpose());
                 }
                 w = w.cwiseProduct(decay.transpose()) - (eta * gradient) * k.transpose();
-                o[i] = w.dot(q.transpose());
+                if (reads) o[i] = w.dot(q.transpose());
             }
         }
     }

@@ -244,7 +244,7 @@ Inputs<double> as_inputs(const TensorMap& tensors) {
     return inputs;
 }
 
-/// A state tensor that holds no real number to differentiate (the mini-batch position).
+/// Returns whether a state tensor is a count, not a real number to differentiate (the mini-batch position).
 bool is_counter(const std::string& name) { return name == "position"; }
 
 /// One preset behind a virtual interface, so that the table can hold every layer type.
@@ -299,9 +299,9 @@ Case make_case(std::string name, L layer) {
     return {std::move(name), [layer] { return std::make_unique<ModelOf<L>>(layer); }};
 }
 
-/// Memora from random weights. The preset starts from zero weights, which the first softmax makes
-/// uniform per row: a fixed point where every hidden unit is equal and the LayerNorm input is
-/// constant, so that the loss is far from linear at the scale of a finite-difference step.
+/// Builds Memora from random weights. The preset starts from zero weights, which the first softmax
+/// makes uniform per row. That is a fixed point where every hidden unit is equal and the LayerNorm
+/// input is constant, so the loss is far from linear at the scale of a finite-difference step.
 presets::Memora memora_from(MlpInit init) {
     using namespace presets;
     return Memora(options(), miras_memory(true, init), {}, MirrorRetention{MirrorKind::kl, per_token()}, online_gd());
@@ -330,6 +330,7 @@ std::vector<Case> all_cases() {
     table.push_back(make_case("MesaNetConjugateGradient", mesanet(options(), {1.0}, LinearSolver::conjugate_gradient, 2)));
     table.push_back(make_case("SoftmaxAttention", softmax_attention(options())));
     table.push_back(make_case("SlidingWindow", sliding_window_attention(options(), 3)));
+
     table.push_back(make_case("TttLinear", ttt_linear(options(), 2, {1.1}, {0.1}, init)));
     table.push_back(make_case("TttMlp", ttt_mlp(options(), 2, {0.9}, {0.0}, init)));
     table.push_back(make_case("TttLinearFla", ttt_linear_fla(options(), 2)));
@@ -380,7 +381,7 @@ struct Problem {
     }
 };
 
-/// A few entries of a tensor [B, R, ...]: the first and the last row of each sequence and one in between.
+/// Picks the first and the last entry of a tensor and two at random.
 std::vector<Index> sample_entries(const Tensor<double>& tensor, std::mt19937_64& rng) {
     if (tensor.size() == 0) return {};
     std::uniform_int_distribution<Index> any(0, tensor.size() - 1);
@@ -412,8 +413,8 @@ TEST_P(GenericBackward, MatchesCentralDifferences) {
     std::mt19937_64 rng(900 + GetParam());
     // Central differences D(h) at steps h and h / 2, extrapolated (Richardson) to cancel the h^2
     // term: R(h) = (4 D(h / 2) - D(h)) / 3. The deep memories have large higher derivatives (Moneta)
-    // or jump where a bias switches branch (Yaad), so no single step suits every preset; the
-    // estimate used is the R(h) of a ladder of steps that changes least to the next smaller step.
+    // or jump where a bias switches branch (Yaad), so no single step suits every preset. The
+    // estimate used is the R(h) of a ladder of steps that differs least from both its neighbours.
     const auto central = [&](Tensor<double>& tensor, Index i, double step) {
         const double saved = tensor[i];
         tensor[i] = saved + step;

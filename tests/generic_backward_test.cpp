@@ -638,6 +638,18 @@ TEST(GenericBackwardErrors, RejectsWrongShapesAndNames) {
     TensorMap missing_gate = p.inputs;
     missing_gate.erase("eta");
     EXPECT_THROW(model.backward(missing_gate, p.state, p.r_output, nullptr, kCheckpoint), InputError);
+
+    TensorMap short_keys = p.inputs;
+    short_keys.at("k") = Tensor<double>({kB, kT - 1, kH, kD});
+    EXPECT_THROW(model.backward(short_keys, p.state, p.r_output, nullptr, kCheckpoint), InputError);
+
+    TensorMap flat_gate = p.inputs;
+    flat_gate.at("eta") = Tensor<double>({kB * kT * kH});
+    EXPECT_THROW(model.backward(flat_gate, p.state, p.r_output, nullptr, kCheckpoint), InputError);
+
+    const auto one_sequence = layer.initial_state<double>(1);
+    EXPECT_THROW(generic_layer_backward(layer, as_inputs(p.inputs), &one_sequence, p.r_output.view(), nullptr, kCheckpoint),
+                 InputError);
 }
 
 }  // namespace

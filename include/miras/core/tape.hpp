@@ -34,8 +34,7 @@ template <class T>
 inline thread_local Tape<T>* active_tape = nullptr;
 }  // namespace detail
 
-/// The operations recorded for one computation, in order, as parent indices and local partials
-/// kept in contiguous arrays.
+/// The operations recorded for one computation, in order, in one contiguous array of nodes.
 template <class T>
 class Tape {
 public:
@@ -43,19 +42,15 @@ public:
     static constexpr NodeIndex none = -1;
 
     /// Reserves room for `nodes` operations, so that a tape of known size never reallocates.
-    void reserve(std::size_t nodes) {
-        parents_.reserve(2 * nodes);
-        partials_.reserve(2 * nodes);
-    }
+    void reserve(std::size_t nodes) { nodes_.reserve(nodes); }
 
     /// Removes every node and adjoint; variables made before are invalid afterwards.
     void clear() {
-        parents_.clear();
-        partials_.clear();
+        nodes_.clear();
         adjoints_.clear();
     }
 
-    std::size_t size() const { return parents_.size() / 2; }
+    std::size_t size() const { return nodes_.size(); }
 
     /// Appends a node with up to two parents (none for a missing one) and returns its index.
     NodeIndex push(NodeIndex a, T da, NodeIndex b, T db) {
@@ -64,10 +59,7 @@ public:
             throw std::length_error("tape has " + std::to_string(index) +
                                     " nodes, the most a 32-bit node index can address; differentiate a shorter segment");
         }
-        parents_.push_back(a);
-        parents_.push_back(b);
-        partials_.push_back(da);
-        partials_.push_back(db);
+        nodes_.push_back({a, b, da, db});
         return static_cast<NodeIndex>(index);
     }
 
@@ -84,15 +76,20 @@ public:
         for (std::size_t i = size(); i-- > 0;) {
             const T g = adjoints_[i];
             if (g == T(0)) continue;  // also keeps 0 * inf partials out of unrelated adjoints
-            const NodeIndex a = parents_[2 * i], b = parents_[2 * i + 1];
-            if (a != none) adjoints_[static_cast<std::size_t>(a)] += partials_[2 * i] * g;
-            if (b != none) adjoints_[static_cast<std::size_t>(b)] += partials_[2 * i + 1] * g;
+            const Node& node = nodes_[i];
+            if (node.a != none) adjoints_[static_cast<std::size_t>(node.a)] += node.da * g;
+            if (node.b != none) adjoints_[static_cast<std::size_t>(node.b)] += node.db * g;
         }
     }
 
 private:
-    std::vector<NodeIndex> parents_;  // [2 * node + 0 or 1]
-    std::vector<T> partials_;         // [2 * node + 0 or 1]
+    /// One operation: parents a and b (none when missing) and the partials d(node)/da, d(node)/db.
+    struct Node {
+        NodeIndex a, b;
+        T da, db;
+    };
+
+    std::vector<Node> nodes_;
     std::vector<T> adjoints_;
 };
 

@@ -109,7 +109,7 @@ template <class L, class S>
 LayerGradients<S> generic_layer_backward(const L& layer, const Inputs<S>& inputs,
                                          const typename L::template State<S>* initial,
                                          const std::type_identity_t<TensorView<S>>& d_output,
-                                         const std::map<std::string, Tensor<S>>* d_final_state = nullptr,
+                                         const std::type_identity_t<std::map<std::string, Tensor<S>>>* d_final_state = nullptr,
                                          Index checkpoint_every = 16) {
     static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>,
                   "generic_layer_backward takes float or double inputs; it differentiates in double itself");
@@ -146,18 +146,26 @@ LayerGradients<S> generic_layer_backward(const L& layer, const Inputs<S>& inputs
     for (const GateSpec& spec : layer.gates()) {
         if (!spec.config.per_token) continue;
         const auto found = inputs.gates.find(spec.name);
-        if (found == inputs.gates.end()) continue;  // the forward below raises the missing-gate error
+        if (found == inputs.gates.end()) continue;  // the first forward below raises the missing-gate error
         take(spec.name, found->second, spec.per_step ? n : 1);
         gate_names.push_back(spec.name);
     }
 
-    // Forward in double over the whole batch, one segment at a time, saving each segment's start.
     const auto start_state = initial != nullptr ? *initial : layer.template initial_state<S>(B);
     StateTensors start;
     for (auto& [name, tensor] : layer.save_state(start_state)) start.emplace(name, tensor_cast<double>(tensor.view()));
 
+    // The layer's own forward checks q, k, v, every gate and the state, before the slicing below
+    // relies on their shapes, and gives the output.
     LayerGradients<S> grads;
-    grads.output = Tensor<S>({B, T, H, dims.value});
+    {
+        Inputs<double> whole{in.at("q").view(), in.at("k").view(), in.at("v").view(), {}};
+        for (const std::string& name : gate_names) whole.gates.emplace(name, in.at(name).view());
+        auto state = layer.load_state(start);
+        grads.output = tensor_cast<S>(layer.forward(whole, state).view());
+    }
+
+    // Forward in double over the whole batch, one segment at a time, saving each segment's start.
     const Index segments = T == 0 ? 0 : (T + checkpoint_every - 1) / checkpoint_every;
     std::vector<StateTensors> checkpoints;
     auto state = forward_layer.load_state(start);
@@ -179,13 +187,7 @@ LayerGradients<S> generic_layer_backward(const L& layer, const Inputs<S>& inputs
         }
         Inputs<double> segment_inputs{part.at("q").view(), part.at("k").view(), part.at("v").view(), {}};
         for (const std::string& name : gate_names) segment_inputs.gates.emplace(name, part.at(name).view());
-        const Tensor<double> o = forward_layer.forward(segment_inputs, state);
-        const Index width = H * dims.value;
-        for (Index b = 0; b < B; ++b) {
-            for (Index i = 0; i < (last - first) * width; ++i) {
-                grads.output.data()[(b * T + first) * width + i] = static_cast<S>(o[b * (last - first) * width + i]);
-            }
-        }
+        (void)forward_layer.forward(segment_inputs, state);
     }
     const StateTensors final_state = [&] {
         StateTensors out;

@@ -11,9 +11,15 @@
 // One reverse sweep then gives the gradients of the segment's inputs and start state. The pass
 // keeps O(T D) inputs and gradients, O(T / C) checkpoints and one segment's tape.
 //
-// Segments may start anywhere, also inside a mini-batch or an Omega window: the saved state holds
+// Segments may start anywhere, also inside a mini-batch or an Omega window: the saved state contains
 // the partial mini-batch (start weights, accumulated gradient, position), the momentum and the
 // window, and a stream split at any token gives the same numbers as the whole stream.
+//
+// Cost: a tape node takes 32 bytes with its adjoint. A Gated DeltaNet head with K = V = 32 records
+// about 7,300 nodes per token, and the pass then takes about 12 times as long as layer_backward
+// (measured in double with g++ -O3 -march=native on one core of an AMD EPYC, B = 2, T = 256, H = 2,
+// C = 16). Segments of 16 to 64 tokens were fastest there; a segment's tape beyond the cache slows
+// the pass down.
 #pragma once
 
 #include <map>

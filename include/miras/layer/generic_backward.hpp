@@ -11,9 +11,9 @@
 // One reverse sweep then gives the gradients of the segment's inputs and start state. The pass
 // keeps O(T D) inputs and gradients, O(T / C) checkpoints and one segment's tape.
 //
-// Segments may start anywhere, also inside a mini-batch or an Omega window: the saved state contains
-// the partial mini-batch (start weights, accumulated gradient, position), the momentum and the
-// window, and a stream split at any token gives the same numbers as the whole stream.
+// Segments may start anywhere, also inside a mini-batch or an Omega window. The saved state
+// contains the partial mini-batch (start weights, accumulated gradient, position), the momentum
+// and the window, so a stream split at any token gives the same numbers as the whole stream.
 //
 // Cost: a tape node takes 32 bytes with its adjoint. A Gated DeltaNet head with K = V = 32 records
 // about 7,300 nodes per token, and the pass then takes about 12 times as long as layer_backward

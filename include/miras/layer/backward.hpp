@@ -28,13 +28,17 @@
 namespace miras {
 
 /// Gradients of one layer call. Each tensor has the shape of its input. gates
-/// contains one entry per per-token gate, and initial_state is dL/dW_0 as [B, H, V, D].
+/// contains one entry per per-token gate, and initial_state is dL/dW_0 as [B, H, V, D] for a
+/// memory whose state is the one matrix W (empty otherwise).
 template <class S>
 struct LayerGradients {
     Tensor<S> output;  ///< o [B, T, H, V], recomputed by the pass (equal to Layer::forward).
     Tensor<S> q, k, v;
     std::map<std::string, Tensor<S>> gates;
     Tensor<S> initial_state;
+    /// dL/d(initial state) by name, in the layout of Layer::save_state (name -> [B, H, rows, cols]).
+    /// Filled by generic_layer_backward for every memory; layer_backward leaves it empty.
+    std::map<std::string, Tensor<S>> initial_state_tensors;
 };
 
 template <class L>

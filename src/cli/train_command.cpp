@@ -204,10 +204,11 @@ Action add_train_command(CLI::App& app) {
             spec = parse_spec(written, a.spec);
         }
         std::shared_ptr<const AnyLayer> layer = build_layer(spec);
-        if (!layer->has_backward()) {
-            std::cerr << "error: " << a.spec << ": cannot train '" << spec.name << "': " << layer->backward_unavailable_reason()
-                      << "\n";
-            return exit_bad_input;
+        if (layer->backward_route() == "tape") {
+            std::cerr << "note: " << spec.name << " (" << layer->memory_name() << "/" << layer->bias_name() << "/"
+                      << layer->retention_name() << "/" << layer->algorithm_name()
+                      << ") trains through the tape reverse pass, about ten times slower than the hand-written "
+                         "pass of the linear families\n";
         }
 
         train::RunControl control = a.control;

@@ -501,7 +501,6 @@ TrainReport train_mqar(const std::shared_ptr<const AnyLayer>& layer, const json&
                        const RunControl& control, std::ostream& progress_stream) {
     settings.check();
     if (!layer) throw ConfigError("train_mqar: no layer given");
-    if (!layer->has_backward()) throw ConfigError("cannot train this spec: " + layer->backward_unavailable_reason());
     if (control.out.empty()) throw InputError("--out is empty; give a folder for the results");
     if (control.stop_after < 0) throw ConfigError("--stop-after = " + std::to_string(control.stop_after) + " is invalid; valid is 0 or more");
     if (control.threads < 1) throw ConfigError("--threads = " + std::to_string(control.threads) + " is invalid; valid is 1 or more");

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "miras/layer/backward.hpp"
+#include "miras/layer/generic_backward.hpp"
 #include "miras/layer/layer.hpp"
 
 namespace miras {
@@ -46,15 +47,14 @@ public:
     virtual NamedTensors<double> save_state(const AnyState& state) const = 0;
     virtual std::unique_ptr<AnyState> load_state(const NamedTensors<double>& tensors, bool use_double) const = 0;
 
-    /// Whether backward can run for this combination and these options.
-    virtual bool has_backward() const = 0;
-    /// Why backward cannot run (empty when has_backward() is true).
-    virtual std::string backward_unavailable_reason() const = 0;
+    /// Names the reverse pass that backward runs: "hand-written" (layer_backward, for the linear
+    /// families) or "tape" (generic_layer_backward, every other combination and option).
+    virtual std::string backward_route() const = 0;
 
     /// Runs the layer over `inputs` from `initial` (the zero state when null) and back-propagates
     /// `d_output` [B, T, H, V], saving the state every `checkpoint_every` tokens. Returns the output
-    /// and the gradients of q, k, v, every per-token gate and the initial state. Raises ConfigError
-    /// naming the combination when it has no reverse pass.
+    /// and the gradients of q, k, v, every per-token gate and the initial state. Every valid
+    /// combination has a reverse pass.
     virtual LayerGradients<double> backward(const Inputs<double>& inputs, const AnyState* initial,
                                             const TensorView<double>& d_output, Index checkpoint_every) const = 0;
     virtual LayerGradients<float> backward(const Inputs<float>& inputs, const AnyState* initial,
@@ -63,49 +63,33 @@ public:
 
 namespace detail {
 
-/// The combinations with a reverse pass, in words, for error messages.
-inline constexpr const char* backward_coverage =
-    "a reverse pass exists for the matrix memory with the dot_product or l2 bias (without subtract_key), "
-    "none or decay retention and the gd algorithm, with the identity feature map, one pair per token and "
-    "no separate read key: linear attention, RetNet, Mamba2, GLA, DeltaNet, Gated DeltaNet and KDA";
-
-// The dispatch from a combination to its reverse pass, the only place that lists which combinations
-// have one. backward_reason returns "" exactly when run_backward can run, so a new reverse pass
-// extends both functions (and backward_coverage).
+// The dispatch from a layer to its reverse pass: the hand-written pass of the linear families
+// where it covers the layer's options, else the tape pass, which covers every combination and
+// costs about ten times more (docs/training.md).
 template <class L>
-std::string backward_reason(const L& layer) {
-    const std::string combination = std::string(L::memory_type::name) + "/" + L::bias_type::name + "/" +
-                                    L::retention_type::name + "/" + L::algorithm_type::name;
+bool has_hand_written_backward(const L& layer) {
     if constexpr (has_linear_backward_v<L>) {
-        std::string option;
-        if (layer.memory().features.kind != FeatureKind::identity) {
-            option = std::string("the feature map ") + feature_kind_name(layer.memory().features.kind);
-        } else if (layer.dims().steps_per_token != 1) {
-            option = std::to_string(layer.dims().steps_per_token) + " pairs per token";
-        } else if (layer.algorithm().separate_read_key) {
-            option = "separate_read_key";
-        }
+        if (layer.memory().features.kind != FeatureKind::identity) return false;
+        if (layer.dims().steps_per_token != 1 || layer.algorithm().separate_read_key) return false;
         if constexpr (std::is_same_v<typename L::bias_type, L2Bias>) {
-            if (option.empty() && layer.bias().subtract_key) option = "the l2 bias with subtract_key";
+            if (layer.bias().subtract_key) return false;
         }
-        if (option.empty()) return "";
-        return "the combination " + combination + " with " + option + " has no reverse pass; " + backward_coverage;
+        return true;
     } else {
         (void)layer;
-        return "the combination " + combination + " has no reverse pass; " + backward_coverage;
+        return false;
     }
 }
 
 template <class L, class S>
 LayerGradients<S> run_backward(const L& layer, const Inputs<S>& inputs, const typename L::template State<S>* initial,
                                const TensorView<S>& d_output, Index checkpoint_every) {
-    if (const std::string reason = backward_reason(layer); !reason.empty()) throw ConfigError(reason);
     if constexpr (has_linear_backward_v<L>) {
-        return layer_backward(layer, inputs, initial, d_output, nullptr, checkpoint_every);
-    } else {
-        (void)inputs, (void)initial, (void)d_output, (void)checkpoint_every;
-        return {};  // not reached: backward_reason rejects every combination without a reverse pass
+        if (has_hand_written_backward(layer)) {
+            return layer_backward(layer, inputs, initial, d_output, nullptr, checkpoint_every);
+        }
     }
+    return generic_layer_backward(layer, inputs, initial, d_output, nullptr, checkpoint_every);
 }
 
 }  // namespace detail
@@ -158,8 +142,9 @@ public:
         return std::make_unique<Held<float>>(layer_.load_state(converted));
     }
 
-    bool has_backward() const override { return detail::backward_reason(layer_).empty(); }
-    std::string backward_unavailable_reason() const override { return detail::backward_reason(layer_); }
+    std::string backward_route() const override {
+        return detail::has_hand_written_backward(layer_) ? "hand-written" : "tape";
+    }
 
     LayerGradients<double> backward(const Inputs<double>& inputs, const AnyState* initial,
                                     const TensorView<double>& d_output, Index checkpoint_every) const override {

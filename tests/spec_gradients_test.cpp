@@ -1,6 +1,6 @@
-// The reverse pass of every spec file in specs/ (one test per file, discovered at run time):
-// AnyLayer::backward in double against central differences of AnyLayer::forward, for the loss
-// sum(R * o), at sampled entries of q, k, v and every per-token gate.
+// The reverse pass of every spec file in specs/, one test per file discovered at run time.
+// AnyLayer::backward in double is compared with central differences of AnyLayer::forward for the
+// loss sum(R * o), at sampled entries of q, k, v and every per-token gate.
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -40,6 +40,14 @@ double weighted_output(const AnyLayer& layer, const SpecInputs& inputs, const Te
     return total;
 }
 
+/// Returns the input tensor of that name: q, k, v or a per-token gate.
+Tensor<double>& input_named(SpecInputs& inputs, const std::string& name) {
+    if (name == "q") return inputs.q;
+    if (name == "k") return inputs.k;
+    if (name == "v") return inputs.v;
+    return inputs.gates.at(name);
+}
+
 class SpecGradients : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(SpecGradients, MatchCentralDifferences) {
@@ -65,7 +73,7 @@ TEST_P(SpecGradients, MatchCentralDifferences) {
     const double h = 1e-6;
     for (const auto& [name, gradient] : checked) {
         SpecInputs moved = inputs;
-        Tensor<double>& x = name == "q" ? moved.q : name == "k" ? moved.k : name == "v" ? moved.v : moved.gates.at(name);
+        Tensor<double>& x = input_named(moved, name);
         ASSERT_EQ(gradient->shape(), x.shape()) << name;
         // Three entries spread over the tensor.
         for (Index i : {Index(0), x.size() / 2, x.size() - 1}) {

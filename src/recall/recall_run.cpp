@@ -2,6 +2,8 @@
 // written under a temporary name and renamed into place once complete.
 #include "recall_run.hpp"
 
+#include "common/gnuplot_process.hpp"
+
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -139,33 +141,8 @@ fs::path choose_folder(const RunOptions& options) {
     return folder;
 }
 
-std::string find_on_path(const std::string& program) {
-    const char* path = std::getenv("PATH");
-    if (path == nullptr) return {};
-    std::stringstream entries(path);
-    std::string entry;
-    while (std::getline(entries, entry, ':')) {
-        if (entry.empty()) continue;
-        const fs::path candidate = fs::path(entry) / program;
-        if (fs::is_regular_file(candidate) && access(candidate.c_str(), X_OK) == 0) return candidate.string();
-    }
-    return {};
-}
-
-/// Runs `gnuplot script` inside `folder`, its output sent to our stderr. Returns the exit status.
-int run_gnuplot(const std::string& gnuplot, const fs::path& folder, const std::string& script) {
-    const pid_t child = fork();
-    if (child < 0) return -1;
-    if (child == 0) {
-        if (chdir(folder.c_str()) != 0) _exit(127);
-        dup2(STDERR_FILENO, STDOUT_FILENO);
-        execl(gnuplot.c_str(), "gnuplot", script.c_str(), static_cast<char*>(nullptr));
-        _exit(127);
-    }
-    int status = 0;
-    if (waitpid(child, &status, 0) < 0) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+using plotting::find_on_path;
+using plotting::run_gnuplot;
 
 /// Formats the curves of one probe as gnuplot data, one block per layer (gnuplot `index`) with the
 /// columns x, accuracy, cosine, mse, samples, scaled mse and gain.

@@ -432,14 +432,14 @@ LrRun train_one(Shared& shared, std::size_t lr_index) {
     return run;
 }
 
-/// The files of a run in its folder; --force removes exactly these.
+/// Returns the files a run writes in its folder, which are exactly those --force removes.
 const std::vector<std::string>& run_files() {
     static const std::vector<std::string> files{"run.json",     "results.json", "evals.csv",   "summary.csv",
                                                 "accuracy.dat", "accuracy.gp",  "accuracy.svg", "accuracy.png"};
     return files;
 }
 
-bool holds_run(const fs::path& out) {
+bool contains_run(const fs::path& out) {
     if (fs::exists(out / "checkpoints")) return true;
     for (const auto& name : run_files()) {
         if (fs::exists(out / name)) return true;
@@ -447,13 +447,13 @@ bool holds_run(const fs::path& out) {
     return false;
 }
 
-/// Prepares the output folder: creates it, rejects one that holds a run unless resume or force,
+/// Prepares the output folder: creates it, rejects one that contains a run unless resume or force,
 /// and on resume checks that run.json records the same settings and spec.
 void prepare_folder(const fs::path& out, const json& record, const RunControl& control) {
     if (fs::exists(out) && !fs::is_directory(out)) {
         throw InputError("--out '" + out.string() + "' is a file; give a folder");
     }
-    const bool existing = fs::exists(out) && holds_run(out);
+    const bool existing = fs::exists(out) && contains_run(out);
     if (control.resume) {
         if (!fs::exists(out / "run.json")) {
             throw InputError("--resume: '" + (out / "run.json").string() +

@@ -1,6 +1,8 @@
 // Result files of `miras train`, each written under a temporary name and renamed into place.
 #include "train_output.hpp"
 
+#include "common/gnuplot_process.hpp"
+
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -37,33 +39,8 @@ std::string g17(double x) {
     return buffer;
 }
 
-std::string find_on_path(const std::string& program) {
-    const char* path = std::getenv("PATH");
-    if (path == nullptr) return {};
-    std::stringstream entries(path);
-    std::string entry;
-    while (std::getline(entries, entry, ':')) {
-        if (entry.empty()) continue;
-        const fs::path candidate = fs::path(entry) / program;
-        if (fs::is_regular_file(candidate) && access(candidate.c_str(), X_OK) == 0) return candidate.string();
-    }
-    return {};
-}
-
-/// Runs `gnuplot script` inside `folder` with its output sent to stderr. Returns the exit status.
-int run_gnuplot(const std::string& gnuplot, const fs::path& folder, const std::string& script) {
-    const pid_t child = fork();
-    if (child < 0) return -1;
-    if (child == 0) {
-        if (chdir(folder.c_str()) != 0) _exit(127);
-        dup2(STDERR_FILENO, STDOUT_FILENO);
-        execl(gnuplot.c_str(), "gnuplot", script.c_str(), static_cast<char*>(nullptr));
-        _exit(127);
-    }
-    int status = 0;
-    if (waitpid(child, &status, 0) < 0) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+using plotting::find_on_path;
+using plotting::run_gnuplot;
 
 /// Returns the gnuplot script of accuracy.dat: test accuracy against step, one line per learning rate.
 std::string plot_script(const TrainReport& report, const std::string& title) {

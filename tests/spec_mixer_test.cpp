@@ -4,6 +4,7 @@
 // against mqar_accuracy, and a layer without a reverse pass against its message.
 #include <cmath>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -54,13 +55,14 @@ struct MixerCase {
     std::string name;
     std::function<std::shared_ptr<const AnyLayer>()> make;
     std::size_t gate_count;
+    std::map<std::string, double> gate_scales{};
 };
 
 class SpecMixerGradients : public ::testing::TestWithParam<MixerCase> {};
 
 TEST_P(SpecMixerGradients, MatchCentralDifferences) {
     std::mt19937_64 rng(5);
-    SpecMixer<double> mixer(GetParam().make(), 6, 3, rng);
+    SpecMixer<double> mixer(GetParam().make(), 6, 3, rng, GetParam().gate_scales);
     ASSERT_EQ(mixer.gates.size(), GetParam().gate_count);
     mixer.checkpoint_every = 3;
     // Larger weights than the default initialisation, so that every path carries signal.
@@ -88,6 +90,8 @@ INSTANTIATE_TEST_SUITE_P(
     Layers, SpecMixerGradients,
     ::testing::Values(
         MixerCase{"gated_deltanet", [] { return erased(presets::gated_deltanet(options(2, 3, 3))); }, 2},
+        MixerCase{"gated_deltanet_scaled_rate", [] { return erased(presets::gated_deltanet(options(2, 3, 3))); }, 2,
+                  {{"eta", 0.3}}},
         MixerCase{"deltanet_wide_values", [] { return erased(presets::deltanet(options(2, 3, 4))); }, 1},
         MixerCase{"kda_key_channels", [] { return erased(presets::kda(options(2, 3, 3))); }, 2},
         MixerCase{"gla_key_channels", [] { return erased(presets::gla(options(1, 3, 2))); }, 1},
@@ -142,6 +146,42 @@ TEST(SpecMixer, GatesOfDeclaredRange) {
     EXPECT_EQ(mixer.gates[1].spec.name, "eta");
     EXPECT_EQ(mixer.gates[1].channels, 1);
     EXPECT_EQ(mixer.gates[1].projection.out(), 2);
+}
+
+TEST(SpecMixer, GateScaleMultipliesTheGate) {
+    // With the rate scaled to almost 0 the delta rule never writes: the memory reads 0, and so
+    // does the gated norm of it, so the mixer's output vanishes. At scale 1 it does not.
+    const auto layer = erased(presets::deltanet(options(2, 3, 3)));
+    std::mt19937_64 data(2);
+    const M x = normal_matrix<double>(data, 2 * 5, 6, 1.0);
+    for (double scale : {1.0, 1e-12}) {
+        std::mt19937_64 rng(4);
+        SpecMixer<double> mixer(layer, 6, 3, rng, {{"eta", scale}});
+        EXPECT_EQ(mixer.gates.at(0).scale, scale);
+        const double size = mixer.forward(x, 2, 5).cwiseAbs().maxCoeff();
+        if (scale == 1.0) {
+            EXPECT_GT(size, 1e-6);
+        } else {
+            EXPECT_LT(size, 1e-9);
+        }
+    }
+}
+
+TEST(SpecMixer, BadGateScaleNamesTheGate) {
+    std::mt19937_64 rng(1);
+    const auto gdn = erased(presets::gated_deltanet(options(2, 3, 3)));
+    const auto message = [&](const std::map<std::string, double>& scales) {
+        try {
+            SpecMixer<double> mixer(gdn, 6, 3, rng, scales);
+        } catch (const ConfigError& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    EXPECT_NE(message({{"beta", 0.1}}).find("valid are 'g', 'eta'"), std::string::npos) << message({{"beta", 0.1}});
+    EXPECT_NE(message({{"g", 0.1}}).find("log-gate"), std::string::npos) << message({{"g", 0.1}});
+    EXPECT_NE(message({{"eta", 0.0}}).find("finite value > 0"), std::string::npos) << message({{"eta", 0.0}});
+    EXPECT_NE(message({{"eta", std::nan("")}}).find("finite value > 0"), std::string::npos);
 }
 
 TEST(SpecMixer, TapeRouteTrainsOtherLayers) {

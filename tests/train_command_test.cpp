@@ -53,8 +53,10 @@ protected:
 
     static json without_timing(json results) {
         for (auto& run : results.at("runs")) {
-            run.erase("seconds");
-            run.erase("tokens_per_second");
+            for (const char* field : {"seconds", "tokens_per_second", "layer_seconds", "mixer_seconds", "layer_share",
+                                      "projection_share"}) {
+                run.erase(field);
+            }
         }
         return results;
     }
@@ -84,6 +86,12 @@ TEST_F(TrainCommand, WritesEveryFileWithItsFields) {
         }
         EXPECT_TRUE(run.contains("best_accuracy"));
         EXPECT_TRUE(run.contains("tokens_per_second"));
+        // The layers and the rest of the mixers take parts of the step time, and no more than all of it.
+        const double layer = run.at("layer_share").get<double>(), projection = run.at("projection_share").get<double>();
+        EXPECT_GT(layer, 0.0);
+        EXPECT_GT(projection, 0.0);
+        EXPECT_LE(layer + projection, 1.0);
+        EXPECT_LE(run.at("layer_seconds").get<double>(), run.at("mixer_seconds").get<double>());
     }
     const double best = std::max(results.at("runs")[0].at("best_accuracy").get<double>(),
                                  results.at("runs")[1].at("best_accuracy").get<double>());
@@ -97,6 +105,7 @@ TEST_F(TrainCommand, WritesEveryFileWithItsFields) {
     while (std::getline(csv, line)) ++rows;
     EXPECT_EQ(rows, 6);
     EXPECT_NE(read_text("stdout.txt").find("best: lr"), std::string::npos) << read_text("stdout.txt");
+    EXPECT_NE(read_text("stdout.txt").find("% in the layers"), std::string::npos) << read_text("stdout.txt");
     EXPECT_EQ(read_text("stderr.txt"), "") << "progress must stay off when stderr is not a terminal";
 }
 
@@ -172,6 +181,38 @@ TEST_F(TrainCommand, TapeRouteSpecTrains) {
     EXPECT_TRUE(fs::exists(dir_ / "run" / "results.json"));
 }
 
+TEST_F(TrainCommand, MlpMemoryTakesOtherSizesAndScalesItsRate) {
+    // The spec is rebuilt from the file as written, which the MLP memory's filled-in fields would
+    // not allow. Its inner rate gets a maximum of 0.01 unless --gate-scale sets another.
+    const std::string titans = "train " + specs + "titans.json" + tiny + " --steps 2 --eval-every 2 --heads 1 --head-dim 4";
+    ASSERT_EQ(miras(titans + " --out " + path("default")), 0) << read_text("stderr.txt");
+    json settings = read_json("default/results.json").at("settings");
+    EXPECT_EQ(settings.at("gate_scales"), json({{"eta", 0.01}}));
+    EXPECT_EQ(read_json("default/results.json").at("spec").at("dims").at("key"), 4);
+    ASSERT_EQ(miras(titans + " --gate-scale eta=0.5 --out " + path("scaled")), 0) << read_text("stderr.txt");
+    settings = read_json("scaled/results.json").at("settings");
+    EXPECT_EQ(settings.at("gate_scales"), json({{"eta", 0.5}}));
+    EXPECT_NE(read_json("scaled/results.json").at("runs").at(0).at("evals").at(0).at("test_loss"),
+              read_json("default/results.json").at("runs").at(0).at("evals").at(0).at("test_loss"));
+    // A matrix memory keeps its rates unscaled.
+    ASSERT_EQ(miras("train " + specs + "deltanet.json" + tiny + " --steps 1 --out " + path("matrix")), 0);
+    EXPECT_EQ(read_json("matrix/results.json").at("settings").at("gate_scales"), json::object());
+}
+
+TEST_F(TrainCommand, BadGateScaleNamesTheValue) {
+    const std::string gdn = "train " + specs + "gated_deltanet.json" + tiny;
+    EXPECT_EQ(miras(gdn + " --gate-scale eta --out " + path("a")), 2);
+    EXPECT_NE(read_text("stderr.txt").find("--gate-scale = 'eta' is invalid; valid is NAME=VALUE"), std::string::npos)
+        << read_text("stderr.txt");
+    EXPECT_EQ(miras(gdn + " --gate-scale eta=fast --out " + path("b")), 2);
+    EXPECT_NE(read_text("stderr.txt").find("eta=fast"), std::string::npos) << read_text("stderr.txt");
+    EXPECT_EQ(miras(gdn + " --gate-scale beta=0.1 --out " + path("c")), 2);
+    EXPECT_NE(read_text("stderr.txt").find("valid are 'g', 'eta'"), std::string::npos) << read_text("stderr.txt");
+    EXPECT_EQ(miras(gdn + " --gate-scale eta=-1 --out " + path("d")), 2);
+    EXPECT_NE(read_text("stderr.txt").find("eta=-1"), std::string::npos) << read_text("stderr.txt");
+    for (const char* folder : {"a", "b", "c", "d"}) EXPECT_FALSE(fs::exists(dir_ / folder)) << folder;
+}
+
 TEST_F(TrainCommand, LossFallsAndConvFirstRuns) {
     ASSERT_EQ(miras("train " + specs + "gated_deltanet.json" + tiny + " --conv-first --layers 3 --epochs 10 --eval-every 20 "
                     "--lr 0.01 --out " + path("run")),
@@ -232,7 +273,8 @@ TEST_F(TrainCommand, HelpNamesEveryOption) {
     for (const char* option : {"--task", "--zoology", "--vocab-size", "--seq-len", "--pairs", "--train-examples",
                                "--test-examples", "--batch", "--epochs", "--steps", "--lr", "--weight-decay",
                                "--d-model", "--layers", "--conv-first", "--seed", "--precision", "--out", "--resume",
-                               "--checkpoint-every", "--stop-accuracy", "--progress", "--threads", "--stop-after"}) {
+                               "--checkpoint-every", "--stop-accuracy", "--progress", "--threads", "--stop-after",
+                               "--heads", "--head-dim", "--gate-scale"}) {
         EXPECT_NE(help.find(option), std::string::npos) << option;
     }
 }

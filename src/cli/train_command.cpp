@@ -7,6 +7,7 @@
 #include <ctime>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "common/spec_file.hpp"
 #include "miras/spec/spec.hpp"
 #include "train/mqar_run.hpp"
 
@@ -31,6 +33,7 @@ struct TrainArguments {
     std::string out;
     Index heads = 0;
     Index head_dim = 0;
+    std::vector<std::string> gate_scales;
     double expect_accuracy = -1;
     bool progress = false;
     train::RunControl control;
@@ -77,6 +80,37 @@ std::string utc_stamp() {
     return buffer;
 }
 
+/// Parses the --gate-scale entries NAME=VALUE. Without an entry for eta, an mlp memory with a
+/// per-token rate eta gets eta = 0.01 * sigmoid(.), the default maximum of titans-pytorch's
+/// step-size helper, because at the sigmoid's initial 0.5 a deep memory's inner updates diverge.
+std::map<std::string, double> gate_scales(const std::vector<std::string>& entries, const AnyLayer& layer) {
+    std::map<std::string, double> scales;
+    for (const std::string& entry : entries) {
+        const std::size_t equals = entry.find('=');
+        double value = 0;
+        std::size_t used = 0;
+        bool parsed = equals != std::string::npos && equals > 0;
+        if (parsed) {
+            try {
+                value = std::stod(entry.substr(equals + 1), &used);
+            } catch (const std::exception&) {
+                parsed = false;
+            }
+            parsed = parsed && used == entry.size() - equals - 1;
+        }
+        if (!parsed) {
+            throw ConfigError("--gate-scale = '" + entry + "' is invalid; valid is NAME=VALUE, such as eta=0.01");
+        }
+        scales[entry.substr(0, equals)] = value;
+    }
+    if (scales.count("eta") == 0 && layer.memory_name() == std::string("mlp")) {
+        for (const GateSpec& gate : layer.gates()) {
+            if (gate.name == "eta" && gate.config.per_token && gate.range == Range::nonnegative) scales["eta"] = 0.01;
+        }
+    }
+    return scales;
+}
+
 void print_summary(const train::TrainReport& report, const std::string& name) {
     std::printf("miras train %s --task mqar\n\n", name.c_str());
     std::printf("%-12s %10s %10s %10s %8s %10s  %s\n", "lr", "best acc", "at step", "final acc", "steps", "seconds", "note");
@@ -89,6 +123,13 @@ void print_summary(const train::TrainReport& report, const std::string& name) {
                     run.seconds, note.c_str());
     }
     const auto& best = report.runs.at(report.best());
+    if (best.seconds > 0) {
+        std::printf("\ntraining: %.0f tokens/s; of the step time %.1f%% in the layers (memory updates and reads), "
+                    "%.1f%% in the mixers' projections, convolutions, gates and norms, %.1f%% in the rest\n",
+                    best.train_tokens / best.seconds, 100 * best.layer_seconds / best.seconds,
+                    100 * (best.mixer_seconds - best.layer_seconds) / best.seconds,
+                    100 * (best.seconds - best.mixer_seconds) / best.seconds);
+    }
     std::printf("\nbest: lr %g, test accuracy %.4f at step %lld\nresults: %s\n", best.lr, best.best_accuracy(),
                 static_cast<long long>(best.best_step()), report.folder.string().c_str());
 }
@@ -153,6 +194,11 @@ Action add_train_command(CLI::App& app) {
     command->add_option("--heads", a.heads, "Rebuild the spec with this many heads [default: the spec's own]");
     command->add_option("--head-dim", a.head_dim,
                         "Rebuild the spec with this key and value dimension [default: the spec's own]");
+    command->add_option("--gate-scale", a.gate_scales,
+                        "NAME=VALUE: multiply the squashed per-token gate NAME by VALUE, as the maximum inner learning "
+                        "rate of titans-pytorch; repeatable [default: eta=0.01 for an mlp memory with a per-token "
+                        "rate eta, none otherwise]")
+        ->delimiter(',');
 
     command->add_option("--out", a.out,
                         "Results folder [default: results/train-NAME-YYYYmmdd-HHMMSS-seedN]; one that holds a run is "
@@ -195,7 +241,8 @@ Action add_train_command(CLI::App& app) {
                 throw ConfigError("--heads = " + std::to_string(a.heads) + ", --head-dim = " + std::to_string(a.head_dim) +
                                   " are invalid; valid are positive sizes");
             }
-            nlohmann::json written = spec.json;
+            // The file as written: the filled-in spec.json does not parse again.
+            nlohmann::json written = written_spec(a.spec);
             if (a.heads > 0) written["dims"]["heads"] = a.heads;
             if (a.head_dim > 0) {
                 written["dims"]["key"] = a.head_dim;
@@ -204,6 +251,7 @@ Action add_train_command(CLI::App& app) {
             spec = parse_spec(written, a.spec);
         }
         std::shared_ptr<const AnyLayer> layer = build_layer(spec);
+        settings.gate_scales = gate_scales(a.gate_scales, *layer);
         if (layer->backward_route() == "tape") {
             std::cerr << "note: " << spec.name << " (" << layer->memory_name() << "/" << layer->bias_name() << "/"
                       << layer->retention_name() << "/" << layer->algorithm_name()

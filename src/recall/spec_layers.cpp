@@ -9,6 +9,7 @@
 #include <memory>
 #include <sstream>
 
+#include "common/spec_file.hpp"
 #include "miras/spec/check.hpp"
 #include "miras/spec/spec.hpp"
 
@@ -47,13 +48,6 @@ std::string unprobeable_reason(const AnyLayer& layer) {
     for (std::size_t i = 0; i < inputs.size(); ++i) names += (i > 0 ? (i + 1 == inputs.size() ? " and " : ", ") : "") + inputs[i];
     return "reads the per-token vector input" + std::string(inputs.size() > 1 ? "s " : " ") + names +
            ", which a constant probe gate cannot stand in for";
-}
-
-/// Reads the spec file as written. The filled-in LayerSpec::json cannot be parsed again, because
-/// parsing rewrites some fields (expect.equivalent_to becomes a resolved path).
-nlohmann::json written_spec(const std::string& path) {
-    std::ifstream file(path);
-    return nlohmann::json::parse(file);
 }
 
 /// The probe of `miras check` against the thresholds of expect.probe, with that check's seed, so

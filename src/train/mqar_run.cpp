@@ -64,6 +64,9 @@ void MqarSettings::check() const {
     require(conv_first_kernel >= 1, "--conv-first-kernel", std::to_string(conv_first_kernel), "1 or more");
     require(conv_kernel >= 1, "--conv-kernel", std::to_string(conv_kernel), "1 or more");
     require(backward_checkpoint >= 1, "--backward-checkpoint", std::to_string(backward_checkpoint), "1 or more");
+    for (const auto& [name, scale] : gate_scales) {
+        require(std::isfinite(scale) && scale > 0, "--gate-scale", name + "=" + number(scale), "a finite scale > 0");
+    }
     tasks::MqarConfig task{vocab_size, seq_len, num_pairs, power_a, random_filler, 1};
     tasks::check_mqar_config(task);
 }
@@ -93,6 +96,7 @@ json MqarSettings::to_json() const {
             {"conv_first_kernel", conv_first_kernel},
             {"conv_kernel", conv_kernel},
             {"backward_checkpoint", backward_checkpoint},
+            {"gate_scales", gate_scales},
             {"seed", seed},
             {"precision", use_double ? "float64" : "float32"}};
 }
@@ -255,7 +259,7 @@ LrRun train_one(Shared& shared, std::size_t lr_index) {
     const double peak = s.learning_rates[lr_index];
     using Network = nn::MqarNetwork<nn::SpecMixer<S>, S>;
     const auto make_mixer = [&](std::mt19937_64& rng) {
-        nn::SpecMixer<S> mixer(shared.layer, s.model_dim, s.conv_kernel, rng);
+        nn::SpecMixer<S> mixer(shared.layer, s.model_dim, s.conv_kernel, rng, s.gate_scales);
         mixer.checkpoint_every = s.backward_checkpoint;
         mixer.threads = shared.control.threads;
         return mixer;
@@ -301,6 +305,8 @@ LrRun train_one(Shared& shared, std::size_t lr_index) {
         run.diverged_message = meta.at("diverged_message").get<std::string>();
         run.seconds = meta.at("seconds").get<double>();
         run.train_tokens = meta.at("train_tokens").get<double>();
+        run.layer_seconds = meta.value("layer_seconds", 0.0);
+        run.mixer_seconds = meta.value("mixer_seconds", 0.0);
         for (const auto& row : meta.at("evals")) run.evals.push_back(eval_from_json(row));
         position = meta.at("position").get<Index>();
         epoch_start_engine = engine_from_text(meta.at("epoch_start_random_state").get<std::string>());
@@ -325,6 +331,8 @@ LrRun train_one(Shared& shared, std::size_t lr_index) {
                   {"diverged_message", run.diverged_message},
                   {"seconds", run.seconds},
                   {"train_tokens", run.train_tokens},
+                  {"layer_seconds", run.layer_seconds},
+                  {"mixer_seconds", run.mixer_seconds},
                   {"position", position},
                   {"epoch_start_random_state", engine_text(epoch_start_engine)},
                   {"loss_sum", loss_sum},
@@ -349,7 +357,8 @@ LrRun train_one(Shared& shared, std::size_t lr_index) {
         return true;
     };
     // A diverged run ends this learning rate, not the sweep. Divergence shows as a non-finite loss,
-    // or as a non-finite gate that the layer rejects as input; other errors propagate.
+    // as a layer state that stops being finite (NumericalError), or as a non-finite gate that the
+    // layer rejects as input; other errors propagate.
     const auto stop_diverged = [&](const std::string& what) {
         run.diverged = true;
         run.diverged_message = "step " + std::to_string(run.steps_done) + ": " + what;
@@ -367,9 +376,13 @@ LrRun train_one(Shared& shared, std::size_t lr_index) {
         const tasks::MqarData batch = gather_examples(shared.train, order, position, count);
         const double lr = rate_at(run.steps_done);
         optimiser.zero_grad();
+        for (auto& mixer : model.mixers) mixer.timing = {};
         double loss = 0;
         try {
             loss = model.loss_and_gradients(batch);
+        } catch (const NumericalError& e) {
+            stop_diverged(e.what());
+            return run;
         } catch (const Error& e) {
             if (parameters_finite()) throw;
             stop_diverged(e.what());
@@ -392,6 +405,10 @@ LrRun train_one(Shared& shared, std::size_t lr_index) {
         }
         run.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         run.train_tokens += static_cast<double>(count * s.seq_len);
+        for (const auto& mixer : model.mixers) {
+            run.layer_seconds += mixer.timing.layer;
+            run.mixer_seconds += mixer.timing.mixer;
+        }
         const double tokens_per_second = run.seconds > 0 ? run.train_tokens / run.seconds : 0.0;
         shared.progress.step(peak, run.steps_done, total, loss, shown_accuracy, tokens_per_second);
 
@@ -400,6 +417,9 @@ LrRun train_one(Shared& shared, std::size_t lr_index) {
             nn::MqarEvaluation result;
             try {
                 result = model.evaluate(shared.test, s.batch);
+            } catch (const NumericalError& e) {
+                stop_diverged(e.what());
+                return run;
             } catch (const Error& e) {
                 if (parameters_finite()) throw;
                 stop_diverged(e.what());
@@ -506,6 +526,12 @@ TrainReport train_mqar(const std::shared_ptr<const AnyLayer>& layer, const json&
     if (control.threads < 1) throw ConfigError("--threads = " + std::to_string(control.threads) + " is invalid; valid is 1 or more");
     if (control.checkpoint_every < 0) {
         throw ConfigError("--checkpoint-every = " + std::to_string(control.checkpoint_every) + " is invalid; valid is 0 or more");
+    }
+
+    {
+        // The mixer checks the gate scales against the layer's gates; fail before the folder is touched.
+        std::mt19937_64 rng(settings.seed);
+        const nn::SpecMixer<float> mixer(layer, settings.model_dim, settings.conv_kernel, rng, settings.gate_scales);
     }
 
     const json settings_json = settings.to_json();

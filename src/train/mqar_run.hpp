@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <iosfwd>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,6 +53,9 @@ struct MqarSettings {
     Index conv_first_kernel = 3;
     Index conv_kernel = 4;     ///< Taps of the short convolutions on q, k and v.
     Index backward_checkpoint = 16;  ///< Tokens between the states the reverse pass saves.
+    /// Scales of squashed gates by name (nn::SpecMixer), such as {"eta", 0.01} for the maximum inner
+    /// learning rate of an MLP memory; a gate not named has scale 1.
+    std::map<std::string, double> gate_scales;
 
     std::uint64_t seed = 123;
     bool use_double = false;
@@ -108,6 +112,11 @@ struct LrRun {
     std::string diverged_message;
     double seconds = 0;     ///< Wall time of the training steps, summed over resumed calls.
     double train_tokens = 0;
+    /// Of `seconds`: the time inside the layers' forward and reverse passes (the memory updates and
+    /// reads), and inside the spec mixers as a whole (the layers, projections, convolutions, gates
+    /// and norms). The rest is the embedding, the head, the loss and the optimiser.
+    double layer_seconds = 0;
+    double mixer_seconds = 0;
 
     double best_accuracy() const;
     Index best_step() const;

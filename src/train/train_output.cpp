@@ -81,7 +81,7 @@ void write_results(const fs::path& folder, const json& record, const TrainReport
     evals << "lr,step,epoch,learning_rate,train_loss,test_loss,test_accuracy\n";
     std::ostringstream summary;
     summary << "lr,best_accuracy,best_step,final_accuracy,final_test_loss,steps,early_stopped,diverged,seconds,"
-               "tokens_per_second\n";
+               "tokens_per_second,layer_share,projection_share\n";
     std::ostringstream data;
     data << "# test accuracy against step: one block per learning rate; columns step accuracy test_loss\n";
 
@@ -89,6 +89,9 @@ void write_results(const fs::path& folder, const json& record, const TrainReport
     results["runs"] = json::array();
     for (const LrRun& run : report.runs) {
         const double tokens_per_second = run.seconds > 0 ? run.train_tokens / run.seconds : 0.0;
+        // Shares of the step time: inside the layers, and in the rest of the mixers.
+        const double layer_share = run.seconds > 0 ? run.layer_seconds / run.seconds : 0.0;
+        const double projection_share = run.seconds > 0 ? (run.mixer_seconds - run.layer_seconds) / run.seconds : 0.0;
         json entry{{"lr", run.lr},
                    {"steps", run.steps_done},
                    {"early_stopped", run.early_stopped},
@@ -97,6 +100,10 @@ void write_results(const fs::path& folder, const json& record, const TrainReport
                    {"best_step", run.best_step()},
                    {"seconds", run.seconds},
                    {"tokens_per_second", tokens_per_second},
+                   {"layer_seconds", run.layer_seconds},
+                   {"mixer_seconds", run.mixer_seconds},
+                   {"layer_share", layer_share},
+                   {"projection_share", projection_share},
                    {"evals", json::array()}};
         if (run.diverged) entry["diverged_message"] = run.diverged_message;
         data << "# lr " << g17(run.lr) << "\n";
@@ -118,7 +125,8 @@ void write_results(const fs::path& folder, const json& record, const TrainReport
         summary << g17(run.lr) << ',' << g17(run.best_accuracy()) << ',' << run.best_step() << ','
                 << g17(any ? run.evals.back().test_accuracy : 0.0) << ',' << g17(any ? run.evals.back().test_loss : 0.0)
                 << ',' << run.steps_done << ',' << (run.early_stopped ? 1 : 0) << ',' << (run.diverged ? 1 : 0) << ','
-                << g17(run.seconds) << ',' << g17(tokens_per_second) << "\n";
+                << g17(run.seconds) << ',' << g17(tokens_per_second) << ',' << g17(layer_share) << ','
+                << g17(projection_share) << "\n";
         results["runs"].push_back(entry);
     }
     const LrRun& best = report.runs.at(report.best());

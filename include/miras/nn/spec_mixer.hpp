@@ -10,10 +10,14 @@
 //   positive     s = softplus(W x + b) + 1e-4    (ridge terms and scales that divide)
 //   any          s = W x + b
 // A gate has one output per head, or per head and channel. Gates the spec fixes are left alone.
+// A gate may also carry a scale c that multiplies its squashed value, as the maximum inner learning
+// rate max_lr of titans-pytorch's neural memory: eta = c * sigmoid(W x + b).
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -71,11 +75,15 @@ public:
         GateSpec spec;
         Index channels = 1;  ///< C: 1 for a head gate, else the channel count of its axis.
         Linear<S> projection;  ///< [H * C, d] with a bias.
+        double scale = 1;  ///< Multiplies the squashed value.
     };
 
     /// Builds the projections for `layer` at model width `model_dim`, with short convolutions of
-    /// `conv_kernel` taps, drawing the weights from `rng`.
-    SpecMixer(std::shared_ptr<const AnyLayer> layer, Index model_dim, Index conv_kernel, std::mt19937_64& rng)
+    /// `conv_kernel` taps, drawing the weights from `rng`. `gate_scales` gives the scale of a gate by
+    /// name (1 for a gate it does not name); it must name per-token gates of the layer, with a
+    /// finite scale > 0, and only gates whose range is nonnegative or positive.
+    SpecMixer(std::shared_ptr<const AnyLayer> layer, Index model_dim, Index conv_kernel, std::mt19937_64& rng,
+              const std::map<std::string, double>& gate_scales = {})
         : layer_(std::move(layer)) {
         if (!layer_) throw ConfigError("SpecMixer: no layer given");
         const LayerDims& dims = layer_->dims();
@@ -102,11 +110,32 @@ public:
 
         for (const GateSpec& spec : layer_->gates()) {
             if (!spec.config.per_token) continue;
-            GateHead head{spec, gate_channels(spec, dims), {}};
+            GateHead head{spec, gate_channels(spec, dims), {}, 1.0};
+            if (const auto found = gate_scales.find(spec.name); found != gate_scales.end()) {
+                if (spec.range != Range::nonnegative && spec.range != Range::positive) {
+                    throw ConfigError("SpecMixer: gate scale for '" + spec.name + "', whose values are " +
+                                      range_description(spec.range) +
+                                      "; only gates of values >= 0 or > 0 take a scale");
+                }
+                head.scale = found->second;
+            }
             head.projection = Linear<S>(normal_matrix<S>(rng, dims.heads * head.channels, d, init_std), true);
             // softplus(-3) = 0.049: a slow initial decay, as MirasMixer.
             if (spec.range == Range::log_gate) head.projection.bias.value.setConstant(S(-3));
             gates.push_back(std::move(head));
+        }
+        for (const auto& [name, scale] : gate_scales) {
+            const bool known = std::any_of(gates.begin(), gates.end(), [&](const GateHead& g) { return g.spec.name == name; });
+            if (!known) {
+                std::string names;
+                for (const GateHead& g : gates) names += (names.empty() ? "'" : ", '") + g.spec.name + "'";
+                throw ConfigError("SpecMixer: gate scale for '" + name + "', which is not a per-token gate of the layer; valid " +
+                                  (names.empty() ? std::string("is none: the layer has no per-token gate") : "are " + names));
+            }
+            if (!(scale > 0) || !std::isfinite(scale)) {
+                throw ConfigError("SpecMixer: gate scale " + std::to_string(scale) + " for '" + name +
+                                  "'; valid is a finite value > 0");
+            }
         }
     }
 
@@ -124,8 +153,17 @@ public:
         return list;
     }
 
+    /// Wall time in seconds since the timing was last reset. `mixer` counts whole forward and
+    /// backward calls. `layer` counts the part inside the layer's own passes, the memory updates and reads.
+    struct Timing {
+        double layer = 0;
+        double mixer = 0;
+    };
+    Timing timing;
+
     /// Maps X [B * T, d] to Y [B * T, d], keeping what backward needs.
     Mat<S> forward(const Mat<S>& x, Index batch, Index tokens) {
+        const auto started = Clock::now();
         cache_ = Cache{};
         Cache& c = cache_;
         c.x = x;
@@ -145,11 +183,14 @@ public:
         for (GateHead& gate : gates) {
             c.gate_pre.push_back(gate.projection.forward(x));
             const Range range = gate.spec.range;
-            c.gate_values.push_back(c.gate_pre.back().unaryExpr([range](S a) { return squash_gate<S>(range, a); }));
+            const S scale = S(gate.scale);
+            c.gate_values.push_back(
+                c.gate_pre.back().unaryExpr([range, scale](S a) { return scale * squash_gate<S>(range, a); }));
         }
 
         const Index width = layer_->dims().heads * layer_->dims().value;
         c.o.resize(batch * tokens, width);
+        const auto layer_started = Clock::now();
         for_each_part(batch, [&](Index first, Index count) {
             LayerCall call;
             fill_layer_call(c, first, count, call);
@@ -157,13 +198,17 @@ public:
             const Tensor<S> o = layer_->forward(call.inputs, *state);
             c.o.middleRows(first * tokens, count * tokens) = as_mat(o, count * tokens, width);
         });
+        timing.layer += seconds_since(layer_started);
         c.z = wz.forward(x);
         c.normed = norm.forward(c.o, c.z);
-        return wo.forward(c.normed);
+        Mat<S> y = wo.forward(c.normed);
+        timing.mixer += seconds_since(started);
+        return y;
     }
 
     /// Accumulates the parameter gradients and returns dX for the last forward call.
     Mat<S> backward(const Mat<S>& dy) {
+        const auto started = Clock::now();
         Cache& c = cache_;
         const LayerDims& dims = layer_->dims();
         const Index B = c.batch, T = c.tokens, H = dims.heads, K = dims.key, V = dims.value;
@@ -175,6 +220,7 @@ public:
         Mat<S> d_q(B * T, H * K), d_k(B * T, H * K), dv(B * T, H * V);
         std::vector<Mat<S>> d_gates;
         for (const GateHead& gate : gates) d_gates.emplace_back(B * T, H * gate.channels);
+        const auto layer_started = Clock::now();
         for_each_part(B, [&](Index first, Index count) {
             LayerCall call;
             fill_layer_call(c, first, count, call);
@@ -192,10 +238,13 @@ public:
                 d_gates[i].middleRows(first * T, count * T) = as_mat(found->second, count * T, H * gates[i].channels);
             }
         });
+        timing.layer += seconds_since(layer_started);
 
         for (std::size_t i = 0; i < gates.size(); ++i) {
             const Range range = gates[i].spec.range;
-            const Mat<S> slope = c.gate_pre[i].unaryExpr([range](S a) { return squash_gate_slope<S>(range, a); });
+            const S scale = S(gates[i].scale);
+            const Mat<S> slope =
+                c.gate_pre[i].unaryExpr([range, scale](S a) { return scale * squash_gate_slope<S>(range, a); });
             dx += gates[i].projection.backward(c.x, d_gates[i].cwiseProduct(slope));
         }
 
@@ -204,6 +253,7 @@ public:
         dx += wq.backward(c.x, conv_q.backward(c.q_proj, activation_backward(Activation::silu, c.q_conv, dq), T));
         dx += wk.backward(c.x, conv_k.backward(c.k_proj, activation_backward(Activation::silu, c.k_conv, dk), T));
         dx += wv.backward(c.x, conv_v.backward(c.v_proj, activation_backward(Activation::silu, c.v_conv, dv), T));
+        timing.mixer += seconds_since(started);
         return dx;
     }
 
@@ -218,6 +268,11 @@ public:
     int threads = 1;
 
 private:
+    using Clock = std::chrono::steady_clock;
+    static double seconds_since(Clock::time_point start) {
+        return std::chrono::duration<double>(Clock::now() - start).count();
+    }
+
     struct Cache {
         Mat<S> x, q_proj, k_proj, v_proj, q_conv, k_conv, v_conv, q_act, k_act, q, k, v;
         std::vector<Mat<S>> gate_pre, gate_values;

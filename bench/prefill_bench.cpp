@@ -6,24 +6,14 @@
 
 #include <benchmark/benchmark.h>
 
+#include "gemm_rate.hpp"
 #include "miras/miras.hpp"
 
 namespace {
 
 using namespace miras;
 
-/// Single-core Eigen float GEMM rate (512 x 512 x 512), reported as GFLOP/s.
-void BM_EigenGemm(benchmark::State& state) {
-    const int n = 512;
-    Eigen::MatrixXf a = Eigen::MatrixXf::Random(n, n), b = Eigen::MatrixXf::Random(n, n), c(n, n);
-    for (auto _ : state) {
-        c.noalias() = a * b;
-        benchmark::DoNotOptimize(c.data());
-    }
-    state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate,
-                                                   benchmark::Counter::kIs1000);
-}
-BENCHMARK(BM_EigenGemm)->Unit(benchmark::kMillisecond);
+BENCHMARK(bench::BM_EigenGemm)->Unit(benchmark::kMillisecond);
 
 struct Sequence {
     Tensor<float> q, k, v, g, eta;

@@ -61,7 +61,6 @@ void run_train_step(benchmark::State& state, const std::string& name, Index head
         benchmark::Counter(static_cast<double>(batch * seq_len), benchmark::Counter::kIsIterationInvariantRate);
     state.counters["layer_share"] = layer_seconds / step_seconds;
     state.counters["projection_share"] = (mixer_seconds - layer_seconds) / step_seconds;
-    state.counters["state_per_head"] = static_cast<double>(layer->state_size_per_head());
     state.SetLabel(name + " (" + layer->backward_route() + ")");
 }
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "commands.hpp"
+#include "common/atomic_file.hpp"
 #include "miras/io/tensor_json.hpp"
 #include "miras/spec/check.hpp"
 #include "miras/spec/spec.hpp"
@@ -191,30 +192,6 @@ Action add_check_command(CLI::App& app) {
 
 namespace {
 
-/// Writes text to `path` through a temporary file in the same directory and a rename, so that a
-/// reader never sees a half-written file.
-void write_atomically(const std::string& path, const std::string& text) {
-    const fs::path target(path);
-    const fs::path temporary = target.parent_path() / (target.filename().string() + ".tmp" + std::to_string(::getpid()));
-    {
-        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-        if (!out) throw InputError("cannot write '" + temporary.string() + "'");
-        out << text;
-        out.flush();
-        if (!out) {
-            out.close();
-            fs::remove(temporary);
-            throw InputError("writing '" + temporary.string() + "' failed");
-        }
-    }
-    std::error_code error;
-    fs::rename(temporary, target, error);
-    if (error) {
-        fs::remove(temporary);
-        throw InputError("cannot rename '" + temporary.string() + "' to '" + path + "': " + error.message());
-    }
-}
-
 template <class S>
 json run_in(const AnyLayer& layer, const json& file, bool use_double) {
     const json& inputs = file.at("inputs");
@@ -303,7 +280,7 @@ Action add_run_command(CLI::App& app) {
         out["spec"] = spec.name;
         out["combination"] = combination_of(spec);
         out["precision"] = options->precision;
-        write_atomically(options->output, out.dump() + "\n");
+        write_file_atomically(options->output, out.dump() + "\n");
         return exit_ok;
     };
 }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "common/atomic_file.hpp"
 #include "commands.hpp"
 #include "miras/spec/spec.hpp"
 #include "sweep/sweep.hpp"
@@ -116,12 +117,7 @@ Action add_sweep_command(CLI::App& app) {
             }
             fs::create_directories(sweep.output_dir / "slurm");
             const fs::path script = sweep.output_dir / "slurm" / "sweep.sbatch";
-            {
-                std::ofstream stream(script.string() + ".tmp", std::ios::trunc);
-                stream << sweep::slurm_script(sweep, self_path(), indices);
-                if (!stream) throw InputError("failed to write '" + script.string() + ".tmp'");
-            }
-            fs::rename(script.string() + ".tmp", script);
+            write_file_atomically(script, sweep::slurm_script(sweep, self_path(), indices));
             fs::permissions(script, fs::perms::owner_exec, fs::perm_options::add);
             std::printf("script: %s (%zu array tasks)\n", script.c_str(),
                         indices.empty() ? sweep.entries.size() : indices.size());

@@ -3,6 +3,7 @@
 #include "recall_run.hpp"
 
 #include "common/gnuplot_process.hpp"
+#include "common/atomic_file.hpp"
 
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -104,18 +105,6 @@ std::string csv_field(const std::string& text) {
     std::string quoted = "\"";
     for (char c : text) quoted += (c == '"') ? std::string("\"\"") : std::string(1, c);
     return quoted + "\"";
-}
-
-/// Writes `content` to a temporary file beside `path` and renames it into place.
-void write_atomic(const fs::path& path, const std::string& content) {
-    const fs::path temporary = path.string() + ".tmp";
-    {
-        std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-        file << content;
-        file.flush();
-        if (!file) throw InputError("failed to write '" + temporary.string() + "'; check that the folder is writable");
-    }
-    fs::rename(temporary, path);
 }
 
 std::string utc_stamp() {
@@ -475,26 +464,26 @@ RunReport run_recall(const RunOptions& options, const std::vector<RecallTarget>&
             json["summary"].push_back(cell);
         }
     }
-    write_atomic(staging / "points.csv", points.str());
-    write_atomic(staging / "summary.csv", summary.str());
-    write_atomic(staging / "results.json", json.dump(2) + "\n");
+    write_file_atomically(staging / "points.csv", points.str());
+    write_file_atomically(staging / "summary.csv", summary.str());
+    write_file_atomically(staging / "results.json", json.dump(2) + "\n");
 
     std::vector<std::string> scripts;
     const auto has = [&](Probe probe) { return std::find(probes.begin(), probes.end(), probe) != probes.end(); };
     if (has(Probe::capacity)) {
-        write_atomic(staging / "capacity.dat", curve_data(results, Probe::capacity));
+        write_file_atomically(staging / "capacity.dat", curve_data(results, Probe::capacity));
         // The Hebbian closed form depends on d_k, so it is drawn only when every layer shares one.
         const Index d = shared_key_dim(results);
         const std::string hebbian = d == 0 ? std::string() : "1/sqrt(1 + x - 1.0/" + std::to_string(d) +
                                     ") with lines dashtype 2 lc rgb 'black' title 'Hebbian closed form'";
-        write_atomic(staging / "capacity.gp",
+        write_file_atomically(staging / "capacity.gp",
                      plot_script(results, "capacity", "N / d_k", true,
                                  {{"retrieval accuracy", 2, false, ""}, {"cosine(read, value)", 3, false, hebbian}}));
         scripts.push_back("capacity.gp");
     }
     if (has(Probe::recency)) {
-        write_atomic(staging / "recency.dat", curve_data(results, Probe::recency));
-        write_atomic(staging / "recency.gp",
+        write_file_atomically(staging / "recency.dat", curve_data(results, Probe::recency));
+        write_file_atomically(staging / "recency.gp",
                      plot_script(results, "recency", "age (pairs written after the pair)", false,
                                  {{"retrieval accuracy", 2, false, ""}, {"mean squared error after the gain", 6, true, ""}}));
         scripts.push_back("recency.gp");

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "miras/core/error.hpp"
+#include "common/atomic_file.hpp"
 #include "sweep.hpp"
 
 namespace miras::sweep {
@@ -26,17 +27,6 @@ std::string csv_field(const std::string& text) {
     std::string quoted = "\"";
     for (char c : text) quoted += (c == '"') ? std::string("\"\"") : std::string(1, c);
     return quoted + "\"";
-}
-
-void write_atomic(const fs::path& path, const std::string& content) {
-    const fs::path temporary = path.string() + ".tmp";
-    {
-        std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-        file << content;
-        file.flush();
-        if (!file) throw InputError("failed to write '" + temporary.string() + "'; check that the folder is writable");
-    }
-    fs::rename(temporary, path);
 }
 
 std::string pad(std::string text, std::size_t n) {
@@ -145,9 +135,9 @@ CollectReport collect(const Sweep& sweep, std::ostream& out) {
     merged["failed"] = report.failed;
     merged["missing"] = report.missing;
     fs::create_directories(sweep.output_dir);
-    write_atomic(sweep.output_dir / "summary.csv", summary.str());
-    write_atomic(sweep.output_dir / "points.csv", points.str());
-    write_atomic(sweep.output_dir / "results.json", merged.dump(2) + "\n");
+    write_file_atomically(sweep.output_dir / "summary.csv", summary.str());
+    write_file_atomically(sweep.output_dir / "points.csv", points.str());
+    write_file_atomically(sweep.output_dir / "results.json", merged.dump(2) + "\n");
 
     for (std::size_t index : report.failed) {
         std::string error;

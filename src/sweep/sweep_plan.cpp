@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/atomic_file.hpp"
 #include "miras/core/error.hpp"
 #include "sweep.hpp"
 
@@ -287,13 +288,7 @@ void write_manifest(const Sweep& sweep) {
     }
     fs::create_directories(sweep.output_dir);
     // Array tasks may start together on a new folder: each writes its own temporary file.
-    const fs::path temporary = path.string() + ".tmp-" + std::to_string(getpid());
-    {
-        std::ofstream file(temporary, std::ios::trunc);
-        file << manifest.dump(2) << "\n";
-        if (!file) throw InputError("failed to write '" + temporary.string() + "'; check that the folder is writable");
-    }
-    fs::rename(temporary, path);
+    write_file_atomically(path, manifest.dump(2) + "\n");
 }
 
 fs::path entry_dir(const Sweep& sweep, std::size_t index) { return sweep.output_dir / "entries" / padded(index); }

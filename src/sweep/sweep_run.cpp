@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "miras/core/error.hpp"
+#include "common/atomic_file.hpp"
 #include "miras/spec/spec.hpp"
 #include "recall/recall_run.hpp"
 #include "sweep.hpp"
@@ -31,17 +32,6 @@ struct Descriptor {
         if (fd >= 0) close(fd);
     }
 };
-
-void write_atomic(const fs::path& path, const std::string& content) {
-    const fs::path temporary = path.string() + ".tmp-" + std::to_string(getpid());
-    {
-        std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-        file << content;
-        file.flush();
-        if (!file) throw InputError("failed to write '" + temporary.string() + "'; check that the folder is writable");
-    }
-    fs::rename(temporary, path);
-}
 
 std::string utc_now() {
     const std::time_t now = std::time(nullptr);
@@ -158,7 +148,7 @@ int run_entry(const Sweep& sweep, std::size_t index, std::ostream& out) {
     fs::create_directories(dir);
     try {
         const nlohmann::json result = probe_entry(sweep, entry, log);
-        write_atomic(result_path(sweep, index), result.dump(2) + "\n");
+        write_file_atomically(result_path(sweep, index), result.dump(2) + "\n");
         log << "== entry " << index << " done " << utc_now() << "\n";
         out << "entry " << index << " done: " << entry.row_label() << ", " << entry.probe << "\n";
         return entry_ok;
@@ -167,7 +157,7 @@ int run_entry(const Sweep& sweep, std::size_t index, std::ostream& out) {
         log.flush();
         const nlohmann::json failure{{"entry", entry.to_json()}, {"error", e.what()}, {"host", host_name()},
                                      {"finished", utc_now()}};
-        write_atomic(failure_path(sweep, index), failure.dump(2) + "\n");
+        write_file_atomically(failure_path(sweep, index), failure.dump(2) + "\n");
         out << "entry " << index << " failed: " << e.what() << " (log: " << log_path(sweep, index).string() << ")\n";
         return entry_failed;
     }

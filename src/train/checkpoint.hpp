@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/atomic_file.hpp"
 #include "miras/core/error.hpp"
 #include "miras/nn/param.hpp"
 
@@ -64,14 +65,7 @@ void write_checkpoint(const std::filesystem::path& path, const nlohmann::json& m
     }
     detail::append_u64(bytes, detail::fnv1a(bytes));
 
-    const std::filesystem::path temporary = path.string() + ".tmp";
-    {
-        std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-        file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-        file.flush();
-        if (!file) throw InputError("failed to write the checkpoint '" + temporary.string() + "'; check that the folder is writable and not full");
-    }
-    std::filesystem::rename(temporary, path);
+    write_file_atomically(path, bytes);
 }
 
 /// Reads a checkpoint written by write_checkpoint. Raises InputError naming the file when it is

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "checkpoint.hpp"
+#include "common/atomic_file.hpp"
 #include "miras/nn/adamw.hpp"
 #include "miras/nn/cosine_schedule.hpp"
 #include "miras/nn/mqar_model.hpp"
@@ -512,7 +513,7 @@ void prepare_folder(const fs::path& out, const json& record, const RunControl& c
         fs::remove_all(out / "checkpoints");
     }
     fs::create_directories(out / "checkpoints");
-    write_text_atomic(out / "run.json", record.dump(2) + "\n");
+    write_file_atomically(out / "run.json", record.dump(2) + "\n");
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include "train_output.hpp"
 
 #include "common/gnuplot_process.hpp"
+#include "common/atomic_file.hpp"
 
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -19,17 +20,6 @@ namespace miras::train {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-void write_text_atomic(const fs::path& path, const std::string& content) {
-    const fs::path temporary = path.string() + ".tmp";
-    {
-        std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-        file << content;
-        file.flush();
-        if (!file) throw InputError("failed to write '" + temporary.string() + "'; check that the folder is writable");
-    }
-    fs::rename(temporary, path);
-}
 
 namespace {
 
@@ -132,11 +122,11 @@ void write_results(const fs::path& folder, const json& record, const TrainReport
     const LrRun& best = report.runs.at(report.best());
     results["best"] = {{"lr", best.lr}, {"accuracy", best.best_accuracy()}, {"step", best.best_step()}};
 
-    write_text_atomic(folder / "evals.csv", evals.str());
-    write_text_atomic(folder / "summary.csv", summary.str());
-    write_text_atomic(folder / "accuracy.dat", data.str());
+    write_file_atomically(folder / "evals.csv", evals.str());
+    write_file_atomically(folder / "summary.csv", summary.str());
+    write_file_atomically(folder / "accuracy.dat", data.str());
     const std::string name = record.at("spec").value("name", std::string("spec"));
-    write_text_atomic(folder / "accuracy.gp", plot_script(report, "MQAR: " + gnuplot_quoted(name)));
+    write_file_atomically(folder / "accuracy.gp", plot_script(report, "MQAR: " + gnuplot_quoted(name)));
     if (plots) {
         const std::string gnuplot = find_on_path("gnuplot");
         if (gnuplot.empty()) {
@@ -146,7 +136,7 @@ void write_results(const fs::path& folder, const json& record, const TrainReport
         }
     }
     // results.json last: its presence marks a complete run.
-    write_text_atomic(folder / "results.json", results.dump(2) + "\n");
+    write_file_atomically(folder / "results.json", results.dump(2) + "\n");
 }
 
 }  // namespace miras::train

@@ -13,7 +13,6 @@
 namespace miras::train {
 
 /// Writes `content` to a temporary file beside `path` and renames it into place.
-void write_text_atomic(const std::filesystem::path& path, const std::string& content);
 
 /// Writes the result files of a complete run into `folder`. `record` is run.json (task, settings,
 /// spec). Notes about gnuplot go to `progress`.

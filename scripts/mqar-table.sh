@@ -6,7 +6,7 @@
 # size 32, as Zoology's DeltaNet at d = 64. The MLP memories (Titans, Moneta) keep their specs' 2
 # heads of size 8 and run 640 steps at (64, 4) only, because their reverse pass is the tape's
 # (docs/training.md); DeltaNet runs the same at head size 8 for comparison. Softmax attention at
-# (128, 8), whose tape pass costs T^2 per sequence, trains on 4096 sequences for 2 epochs.
+# (128, 8), whose tape pass costs T^2 per sequence, runs 640 steps.
 # Usage: scripts/mqar-table.sh [OUT] (default results/mqar-table); runs two trainings at a time
 # (MIRAS_JOBS). A run whose results.json exists in OUT is kept, and MIRAS_SKIP lists run names to leave out.
 set -euo pipefail
@@ -27,7 +27,7 @@ for point in "64 4" "128 8"; do
   shape="--seq-len $1 --pairs $2"
   for spec in softmax_attention linear_attention deltanet gated_deltanet; do
     budget=""
-    if [ "$spec" = softmax_attention ] && [ "$1" = 128 ]; then budget="--train-examples 4096 --epochs 2"; fi
+    if [ "$spec" = softmax_attention ] && [ "$1" = 128 ]; then budget="--steps 640"; fi
     runs+=("$spec-L$1-N$2|specs/$spec.json $common $shape --heads 2 --head-dim 32 $budget")
   done
 done

@@ -4,8 +4,8 @@
 # sequences, 8 epochs, learning rate 1e-2), evaluated every 64 steps so that the early stop at
 # 0.99 ends a run soon after it gets there. The linear layers and softmax attention have 2 heads of
 # size 32, as Zoology's DeltaNet at d = 64. The MLP memories (Titans, Moneta) keep their specs' 2
-# heads of size 8 and run 640 steps at (64, 4) only, because their reverse pass is the tape's
-# (docs/training.md); DeltaNet runs the same at head size 8 for comparison. Softmax attention at
+# heads of size 8 and run 640 steps at (64, 4) and 320 steps of 32 sequences at (128, 8), because
+# their reverse pass is the tape's (docs/training.md); DeltaNet runs the same at head size 8. Softmax attention at
 # (128, 8), whose tape pass costs T^2 per sequence, runs 640 steps.
 # Usage: scripts/mqar-table.sh [OUT] (default results/mqar-table); runs two trainings at a time
 # (MIRAS_JOBS). A run whose results.json exists in OUT is kept, and MIRAS_SKIP lists run names to leave out.
@@ -22,6 +22,9 @@ runs=()
 small="--seq-len 64 --pairs 4 --steps 640"
 for spec in moneta titans; do runs+=("$spec-L64-N4|specs/$spec.json $common $small"); done
 runs+=("deltanet_k8-L64-N4|specs/deltanet.json $common $small")
+small="--seq-len 128 --pairs 8 --steps 320 --batch 32"
+for spec in moneta titans; do runs+=("$spec-L128-N8|specs/$spec.json $common $small"); done
+runs+=("deltanet_k8-L128-N8|specs/deltanet.json $common $small")
 for point in "64 4" "128 8"; do
   set -- $point
   shape="--seq-len $1 --pairs $2"

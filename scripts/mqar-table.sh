@@ -3,9 +3,9 @@
 # width d = 64, two blocks, the default setting group of `miras train` (V = 256, 16384 training
 # sequences, 8 epochs, learning rate 1e-2), evaluated every 64 steps so that the early stop at
 # 0.99 ends a run soon after it gets there. The linear layers and softmax attention have 2 heads of
-# size 32, as Zoology's DeltaNet at d = 64. The MLP memories (Titans, Moneta) keep their specs' 2
-# heads of size 8 and run 640 steps at (64, 4) and 320 steps of 32 sequences at (128, 8), because
-# their reverse pass is the tape's (docs/training.md); DeltaNet runs the same at head size 8. Softmax attention at
+# size 32, as Zoology's DeltaNet at d = 64. The MLP memories (Titans, Moneta) train through the
+# slower tape reverse pass (docs/training.md), so they keep their specs' 2 heads of size 8 and run
+# 640 steps at (64, 4) and 320 steps of 32 sequences at (128, 8). DeltaNet runs the same at size 8. Softmax attention at
 # (128, 8), whose tape pass costs T^2 per sequence, runs 640 steps.
 # Usage: scripts/mqar-table.sh [OUT] (default results/mqar-table); runs two trainings at a time
 # (MIRAS_JOBS). A run whose results.json exists in OUT is kept, and MIRAS_SKIP lists run names to leave out.

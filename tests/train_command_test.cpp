@@ -181,7 +181,7 @@ TEST_F(TrainCommand, TapeRouteSpecTrains) {
     EXPECT_TRUE(fs::exists(dir_ / "run" / "results.json"));
 }
 
-TEST_F(TrainCommand, MlpMemoryTakesOtherSizesAndScalesItsRate) {
+TEST_F(TrainCommand, MlpMemoryResizesAndScalesRate) {
     // The spec is rebuilt from the file as written, which the MLP memory's filled-in fields would
     // not allow. Its inner rate gets a maximum of 0.01 unless --gate-scale sets another.
     const std::string titans = "train " + specs + "titans.json" + tiny + " --steps 2 --eval-every 2 --heads 1 --head-dim 4";

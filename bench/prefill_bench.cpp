@@ -91,22 +91,49 @@ BENCHMARK(BM_GlaPrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KdaPrefillRecurrent)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KdaPrefillChunked)->Unit(benchmark::kMillisecond);
 
-/// One token at a time with the state carried: the decode step (H = 16, K = V = 128).
-void BM_GatedDeltaNetDecode(benchmark::State& state) {
+/// One token at a time with the state carried: the decode step (H = 16, K = V = 128), through a
+/// Decoder over fixed buffers (no allocation per token) and through forward() with T = 1.
+void set_decode_counters(benchmark::State& state) {
+    state.counters["tokens/s"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOP/s"] = benchmark::Counter(4.0 * 128 * 128 * 16, benchmark::Counter::kIsIterationInvariantRate,
+                                                   benchmark::Counter::kIs1000);
+}
+
+LayerOptions decode_options() {
     LayerOptions options{.heads = 16, .key_dim = 128, .value_dim = 128};
     options.execution = Execution::recurrent;
-    const auto layer = presets::gated_deltanet(options);
+    return options;
+}
+
+void BM_GatedDeltaNetDecode(benchmark::State& state) {
+    const auto layer = presets::gated_deltanet(decode_options());
+    const Sequence s = make_sequence(1, 1, 16, 128, 128, false);
+    auto st = layer.initial_state<float>(1);
+    auto decoder = layer.decoder(s.inputs, st);
+    for (auto _ : state) benchmark::DoNotOptimize(decoder.step().data());
+    set_decode_counters(state);
+}
+void BM_GatedDeltaNetDecodeForward(benchmark::State& state) {
+    const auto layer = presets::gated_deltanet(decode_options());
     const Sequence s = make_sequence(1, 1, 16, 128, 128, false);
     auto st = layer.initial_state<float>(1);
     for (auto _ : state) {
         auto o = layer.forward(s.inputs, st);
         benchmark::DoNotOptimize(o.data());
     }
-    state.counters["tokens/s"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
-    state.counters["GFLOP/s"] = benchmark::Counter(4.0 * 128 * 128 * 16, benchmark::Counter::kIsIterationInvariantRate,
-                                                   benchmark::Counter::kIs1000);
+    set_decode_counters(state);
+}
+void BM_GlaDecode(benchmark::State& state) {
+    const auto layer = presets::gla(decode_options());
+    const Sequence s = make_sequence(1, 1, 16, 128, 128, true);
+    auto st = layer.initial_state<float>(1);
+    auto decoder = layer.decoder(s.inputs, st);
+    for (auto _ : state) benchmark::DoNotOptimize(decoder.step().data());
+    set_decode_counters(state);
 }
 BENCHMARK(BM_GatedDeltaNetDecode)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GatedDeltaNetDecodeForward)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GlaDecode)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -137,6 +137,7 @@ LayerGradients<S> layer_backward(const L& layer, const Inputs<S>& inputs, const 
     GateBinder<S> binder(inputs, dims, B, T);
     const auto retention_gates = retention.bind(binder);
     const auto algorithm_gates = algorithm.bind(binder, dims);
+    binder.check_values();
     bool decay_first = true;
     Axis decay_axis = Axis::head;
     if constexpr (decays) {

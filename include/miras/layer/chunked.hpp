@@ -140,7 +140,7 @@ void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const M
 /// Runs one (b, h) sequence chunk by chunk; W is the head's state, updated in place.
 template <class S, class L, class RetentionBound, class AlgorithmBound>
 void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
-                          const AlgorithmBound& algorithm_gates, Index b, Index h, Index T, Mat<S>& W, Tensor<S>& output) {
+                          const AlgorithmBound& algorithm_gates, Index b, Index h, Index T, Mat<S>& W, S* output) {
     using Bias = typename L::bias_type;
     using Retention = typename L::retention_type;
     constexpr bool delta = std::is_same_v<Bias, L2Bias>;
@@ -236,7 +236,7 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
         for (Index r = 0; r < n; ++r) {
             const Index step = start + r;
             if (step % steps != steps - 1) continue;
-            S* o = output.data() + ((b * T + step / steps) * H + h) * V;
+            S* o = output + ((b * T + step / steps) * H + h) * V;
             for (Index c = 0; c < V; ++c) o[c] = On(r, c);
         }
 

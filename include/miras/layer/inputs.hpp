@@ -2,10 +2,13 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <list>
 #include <map>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 #include "miras/core/gate.hpp"
 
@@ -50,8 +53,31 @@ inline std::string position_string(const Shape& shape, Index flat, const char* l
     return out.str();
 }
 
+/// Whether every value is finite. For float and double a branch-free pass over the exponent bits
+/// (all ones for infinities and NaN), which the compiler vectorises.
+template <class S>
+bool all_finite(const S* data, Index size) {
+    if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+        using Bits = std::conditional_t<std::is_same_v<S, float>, std::uint32_t, std::uint64_t>;
+        constexpr Bits exponent = std::is_same_v<S, float> ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+        Bits non_finite = 0;
+        for (Index i = 0; i < size; ++i) {
+            Bits bits;
+            std::memcpy(&bits, data + i, sizeof bits);
+            non_finite |= static_cast<Bits>((bits & exponent) == exponent);
+        }
+        return non_finite == 0;
+    } else {
+        for (Index i = 0; i < size; ++i) {
+            if (!std::isfinite(value_of(data[i]))) return false;
+        }
+        return true;
+    }
+}
+
 template <class S>
 void check_finite(const TensorView<S>& tensor, const std::string& description, const char* letters) {
+    if (all_finite(tensor.data(), tensor.size())) return;
     for (Index i = 0; i < tensor.size(); ++i) {
         double x = value_of(tensor.data()[i]);
         if (!std::isfinite(x)) {
@@ -65,12 +91,14 @@ void check_finite(const TensorView<S>& tensor, const std::string& description, c
 
 /// Throws a NumericalError at the first non-finite output [B, T, H, V].
 template <class S>
-void check_output_finite(const TensorView<S>& output) {
-    for (Index i = 0; i < output.size(); ++i) {
-        const double x = value_of(output.data()[i]);
+void check_output_finite(const S* output, const Shape& shape) {
+    const Index size = element_count(shape);
+    if (all_finite(output, size)) return;
+    for (Index i = 0; i < size; ++i) {
+        const double x = value_of(output[i]);
         if (!std::isfinite(x)) {
             std::ostringstream out;
-            out << "output at " << position_string(output.shape(), i, "bthc") << " is " << x
+            out << "output at " << position_string(shape, i, "bthc") << " is " << x
                 << ", not finite, from finite inputs: the state diverged. The layer does not normalise keys; "
                    "a delta rule stays bounded when beta * ||k||^2 <= 2 (keys of unit norm and rates in [0, 2]), "
                    "and an inner optimiser when its rate is small. The state of this call is not usable";
@@ -129,17 +157,7 @@ public:
                                                              : " = [B, T, H, C] with C = " + std::to_string(C) +
                                                                    " " + axis_name(spec.config.axis) + " channels"));
         }
-        const char* letters = spec.config.axis == Axis::head ? "bth" : "bthc";
-        for (Index i = 0; i < tensor.size(); ++i) {
-            double x = value_of(tensor.data()[i]);
-            if (!in_range(x, spec.range)) {
-                std::ostringstream out;
-                out << "input '" << spec.name << "' at "
-                    << detail::position_string(tensor.shape(), i, letters) << " is " << x << "; valid is "
-                    << range_description(spec.range);
-                throw InputError(out.str());
-            }
-        }
+        per_token_.push_back({spec, &tensor});
         BoundGate<S> gate;
         gate.data = tensor.data();
         gate.channels = spec.config.axis == Axis::head ? 1 : C;
@@ -149,7 +167,29 @@ public:
         return gate;
     }
 
+    /// Checks that every per-token gate bound so far holds values in its range; the values are
+    /// read now, so a caller that refills the same buffers checks them again.
+    void check_values() const {
+        for (const auto& [spec, tensor] : per_token_) {
+            const char* letters = spec.config.axis == Axis::head ? "bth" : "bthc";
+            for (Index i = 0; i < tensor->size(); ++i) {
+                const double x = value_of(tensor->data()[i]);
+                if (!in_range(x, spec.range)) {
+                    std::ostringstream out;
+                    out << "input '" << spec.name << "' at " << detail::position_string(tensor->shape(), i, letters)
+                        << " is " << x << "; valid is " << range_description(spec.range);
+                    throw InputError(out.str());
+                }
+            }
+        }
+    }
+
 private:
+    struct PerTokenGate {
+        GateSpec spec;
+        const TensorView<S>* tensor;
+    };
+
     BoundGate<S> bind_fixed(const GateSpec& spec, Index C) {
         const auto& fixed = spec.config.fixed;
         const Index H = dims_.heads;
@@ -181,6 +221,7 @@ private:
     Index batch_;
     Index tokens_;
     std::list<std::vector<S>> storage_;  // converted fixed values; list keeps their addresses stable
+    std::vector<PerTokenGate> per_token_;  // the gates bound to inputs, whose values check_values() reads
 };
 
 }  // namespace miras

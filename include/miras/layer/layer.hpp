@@ -34,6 +34,13 @@ struct algorithm_state { using type = typename Algorithm::template State<S>; };
 template <class Algorithm, class Memory, class S>
     requires requires { typename Algorithm::template StateFor<Memory, S>; }
 struct algorithm_state<Algorithm, Memory, S> { using type = typename Algorithm::template StateFor<Memory, S>; };
+
+/// The gates a bias binds (the Huber threshold), or none.
+template <class Bias, class S>
+struct bias_gates { using type = NoBiasGates; };
+template <class Bias, class S>
+    requires requires { typename Bias::template Bound<S>; }
+struct bias_gates<Bias, S> { using type = typename Bias::template Bound<S>; };
 }  // namespace detail
 
 /// \tparam Memory     what stores the map from keys to values (MatrixMemory, VectorMemory, KVCacheMemory, MlpMemory)
@@ -182,14 +189,37 @@ public:
         return state;
     }
 
+private:
+    /// The gates of one call, resolved against its inputs.
+    template <class S>
+    struct Bound {
+        typename Retention::template Bound<S> retention;
+        typename Algorithm::template Bound<S> algorithm;
+        typename detail::bias_gates<Bias, S>::type bias;
+    };
+
+    /// The vectors the token loop of one head reuses from token to token.
+    template <class S>
+    struct Workspace {
+        Scratch<S> scratch;
+        Vec<S> x, query, y;
+    };
+
+public:
     /// Runs the layer over the inputs, starting from `state` and leaving the final state in it.
     /// Returns o [B, T, H, V]. Finite inputs can still drive the state to infinity (a delta rule
     /// with beta * ||k||^2 > 2, as the layer does not normalise keys; a large inner rate): such a
     /// call throws a NumericalError naming the first non-finite output, and leaves the state unusable.
     template <class S>
     Tensor<S> forward(const Inputs<S>& inputs, State<S>& state) const {
-        Tensor<S> output = forward_unchecked(inputs, state);
-        detail::check_output_finite(output.view());
+        const auto [B, T] = check_inputs(inputs);
+        check_state(state, B);
+        GateBinder<S> binder(inputs, dims_, B, T);
+        const Bound<S> gates = bind(binder);
+        binder.check_values();
+        Tensor<S> output({B, T, dims_.heads, dims_.value});
+        run(inputs, gates, B, T, state, output.data(), static_cast<Workspace<S>*>(nullptr));
+        detail::check_output_finite(output.data(), output.shape());
         return output;
     }
 
@@ -200,26 +230,89 @@ public:
         return forward(inputs, state);
     }
 
+    template <class S>
+    class Decoder;
+
+    /// Returns a decoder over fixed input buffers of one token each ([B, 1, H, *]). Every step()
+    /// reads the values the buffers contain at that moment, advances `state` by one token and
+    /// writes o [B, 1, H, V] into output(). Shapes are checked and gates bound once, here. Each
+    /// step checks the values (finite inputs, gates in range) as forward() does. The buffers the
+    /// views point to, and `state`, must outlive the decoder and stay where they are. With one
+    /// thread, the layers of the fused loop (those with a chunked form) allocate nothing per step.
+    template <class S>
+    Decoder<S> decoder(Inputs<S> inputs, State<S>& state) const {
+        return Decoder<S>(*this, std::move(inputs), state);
+    }
+
+    template <class S>
+    class Decoder {
+    public:
+        Decoder(const Layer& layer, Inputs<S> inputs, State<S>& state)
+            : layer_(layer), inputs_(std::move(inputs)), state_(state), batch_(one_token_batch(layer, inputs_)),
+              binder_(inputs_, layer.dims_, batch_, 1), gates_(layer.bind(binder_)),
+              output_({batch_, 1, layer.dims_.heads, layer.dims_.value}),
+              workspaces_(static_cast<std::size_t>(batch_ * layer.dims_.heads)) {
+            layer.check_state(state, batch_);
+        }
+        Decoder(const Decoder&) = delete;
+        Decoder& operator=(const Decoder&) = delete;
+
+        /// Advances the state by the token in the input buffers and returns its output [B, 1, H, V].
+        const Tensor<S>& step() {
+            layer_.check_values(inputs_);
+            binder_.check_values();
+            layer_.run(inputs_, gates_, batch_, 1, state_, output_.data(), workspaces_.data());
+            detail::check_output_finite(output_.data(), output_.shape());
+            return output_;
+        }
+
+        /// The output of the last step.
+        const Tensor<S>& output() const { return output_; }
+
+    private:
+        static Index one_token_batch(const Layer& layer, const Inputs<S>& inputs) {
+            const auto [B, T] = layer.check_shapes(inputs);
+            if (T != 1) {
+                throw InputError("a decoder takes one token per step; input 'q' has T = " + std::to_string(T) +
+                                 ", valid is T = 1");
+            }
+            return B;
+        }
+
+        const Layer& layer_;
+        Inputs<S> inputs_;
+        State<S>& state_;
+        Index batch_;
+        GateBinder<S> binder_;
+        Bound<S> gates_;
+        Tensor<S> output_;
+        std::vector<Workspace<S>> workspaces_;
+    };
+
 private:
     template <class S>
-    Tensor<S> forward_unchecked(const Inputs<S>& inputs, State<S>& state) const {
-        const auto [B, T] = check_inputs(inputs);
+    Bound<S> bind(GateBinder<S>& binder) const {
+        Bound<S> gates{retention_.bind(binder), algorithm_.bind(binder, dims_), {}};
+        if constexpr (requires { bias_.bind(binder); }) gates.bias = bias_.bind(binder);
+        return gates;
+    }
+
+    template <class S>
+    void check_state(const State<S>& state, Index B) const {
         if (state.batch != B || static_cast<Index>(state.heads.size()) != B * dims_.heads) {
             throw InputError("state contains " + std::to_string(state.batch) + " sequences but the inputs have B = " +
                              std::to_string(B) + "; valid is a state made by initial_state(" + std::to_string(B) +
                              ") or loaded from tensors [" + std::to_string(B) + ", H, rows, cols]");
         }
-        GateBinder<S> binder(inputs, dims_, B, T);
-        const auto retention_gates = retention_.bind(binder);
-        const auto algorithm_gates = algorithm_.bind(binder, dims_);
-        const auto bias_gates = [&] {
-            if constexpr (requires { bias_.bind(binder); }) return bias_.bind(binder);
-            else return NoBiasGates{};
-        }();
+    }
 
+    /// Runs T tokens of B sequences from `state`, writing o [B, T, H, V] to `output`. With
+    /// `workspaces` (one per sequence and head) the token loop reuses their vectors.
+    template <class S>
+    void run(const Inputs<S>& inputs, const Bound<S>& gates, Index B, Index T, State<S>& state, S* output,
+             Workspace<S>* workspaces) const {
         const Index H = dims_.heads, K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
         const S scale = S(query_scale());
-        Tensor<S> output({B, T, H, V});
 
         if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) {
             if (options_.execution != Execution::reference && detail::chunkable(*this)) {
@@ -228,36 +321,35 @@ private:
                     const Index b = task / H, h = task % H;
                     auto& W = state.heads[static_cast<std::size_t>(task)].memory;
                     if (chunked) {
-                        detail::forward_head_chunked(*this, inputs, retention_gates, algorithm_gates, b, h, T, W, output);
+                        detail::forward_head_chunked(*this, inputs, gates.retention, gates.algorithm, b, h, T, W, output);
                     } else {
-                        detail::forward_head_fused(*this, inputs, retention_gates, algorithm_gates, b, h, T, W, output);
+                        detail::forward_head_fused(*this, inputs, gates.retention, gates.algorithm, b, h, T, W, output);
                     }
                 });
-                return output;
+                return;
             }
         }
         parallel_for(B * H, options_.threads, [&](Index task) {
             const Index b = task / H, h = task % H;
-            Scratch<S> scratch;
-            Vec<S> x, query, y;
+            Workspace<S> local;
+            Workspace<S>& work = workspaces ? workspaces[task] : local;
             HeadState<S>& head = state.heads[static_cast<std::size_t>(task)];
             for (Index t = 0; t < T; ++t) {
                 const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
-                S* o = output.data() + ((b * T + t) * H + h) * V;
-                if (options_.read == ReadTiming::before_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
+                S* o = output + ((b * T + t) * H + h) * V;
+                if (options_.read == ReadTiming::before_write) read(head, gates.algorithm, b, t, h, q, scale, work, o);
                 for (Index i = 0; i < n; ++i) {
                     const Index step = t * n + i;
                     const S* k = inputs.k.data() + ((b * T * n + step) * H + h) * K;
                     const S* v = inputs.v.data() + ((b * T * n + step) * H + h) * V;
-                    memory_.map(k, K, x);
-                    WriteContext<Memory, Bias, Retention, S> ctx{memory_, bias_, retention_, retention_gates, dims_,
-                                                                 b, h, t, step, i == 0, k, v, x, &bias_gates};
-                    algorithm_.write(ctx, head.memory, head.algorithm, algorithm_gates, scratch);
+                    memory_.map(k, K, work.x);
+                    WriteContext<Memory, Bias, Retention, S> ctx{memory_, bias_, retention_, gates.retention, dims_,
+                                                                 b, h, t, step, i == 0, k, v, work.x, &gates.bias};
+                    algorithm_.write(ctx, head.memory, head.algorithm, gates.algorithm, work.scratch);
                 }
-                if (options_.read == ReadTiming::after_write) read(head, algorithm_gates, b, t, h, q, scale, query, y, o);
+                if (options_.read == ReadTiming::after_write) read(head, gates.algorithm, b, t, h, q, scale, work, o);
             }
         });
-        return output;
     }
 
 public:
@@ -340,7 +432,7 @@ private:
     }
 
     template <class S>
-    std::pair<Index, Index> check_inputs(const Inputs<S>& inputs) const {
+    std::pair<Index, Index> check_shapes(const Inputs<S>& inputs) const {
         const Index H = dims_.heads, K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
         if (inputs.q.empty() || inputs.q.rank() != 4) {
             throw InputError("input 'q' has shape " + shape_string(inputs.q.shape()) + ", expected [B, T, H, K] = [B, T, " +
@@ -356,19 +448,30 @@ private:
         expect(inputs.q, "q", {B, T, H, K}, "[B, T, H, K]");
         expect(inputs.k, "k", {B, T * n, H, K}, n == 1 ? "[B, T, H, K]" : "[B, T * n, H, K] with n pairs per token");
         expect(inputs.v, "v", {B, T * n, H, V}, n == 1 ? "[B, T, H, V]" : "[B, T * n, H, V] with n pairs per token");
-        detail::check_finite(inputs.q, "input 'q'", "bthc");
-        detail::check_finite(inputs.k, "input 'k'", "bthc");
-        detail::check_finite(inputs.v, "input 'v'", "bthc");
         return {B, T};
     }
 
-    template <class S, class Bound>
-    void read(const HeadState<S>& head, const Bound& gates, Index b, Index t, Index h, const S* q, const S& scale,
-              Vec<S>& query, Vec<S>& y, S* o) const {
-        memory_.map(q, dims_.key, query);
-        query *= scale;
-        algorithm_.read(memory_, head.memory, head.algorithm, gates, b, t, h, query, y);
-        for (Index c = 0; c < dims_.value; ++c) o[c] = y[c];
+    template <class S>
+    void check_values(const Inputs<S>& inputs) const {
+        detail::check_finite(inputs.q, "input 'q'", "bthc");
+        detail::check_finite(inputs.k, "input 'k'", "bthc");
+        detail::check_finite(inputs.v, "input 'v'", "bthc");
+    }
+
+    template <class S>
+    std::pair<Index, Index> check_inputs(const Inputs<S>& inputs) const {
+        const auto dims = check_shapes(inputs);
+        check_values(inputs);
+        return dims;
+    }
+
+    template <class S, class AlgorithmBound>
+    void read(const HeadState<S>& head, const AlgorithmBound& gates, Index b, Index t, Index h, const S* q,
+              const S& scale, Workspace<S>& work, S* o) const {
+        memory_.map(q, dims_.key, work.query);
+        work.query *= scale;
+        algorithm_.read(memory_, head.memory, head.algorithm, gates, b, t, h, work.query, work.y);
+        for (Index c = 0; c < dims_.value; ++c) o[c] = work.y[c];
     }
 
     LayerOptions options_;

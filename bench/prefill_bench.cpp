@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 
 #include "gemm_rate.hpp"
+#include "miras/layer/presets_deep.hpp"
 #include "miras/miras.hpp"
 
 namespace {
@@ -90,6 +91,40 @@ BENCHMARK(BM_GlaPrefillRecurrent)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GlaPrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KdaPrefillRecurrent)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KdaPrefillChunked)->Unit(benchmark::kMillisecond);
+
+/// TTT-MLP prefill (H = 4, d = 64, hidden 256, mini-batches of 16, T = 4096): the matrix form of
+/// the mini-batches against the token loop. Throughput counts 8 P flops per head per token for
+/// the P = 2 d 4d weights of the memory: 2 P for the forward pass of the key, 4 P for its inner
+/// gradient (backpropagation and the weight gradient) and 2 P for the read of the query.
+template <class L>
+void run_mlp_prefill(benchmark::State& state, const L& layer) {
+    const Index B = 1, T = 4096, H = layer.dims().heads, d = layer.dims().key;
+    const Sequence s = make_sequence(B, T, H, d, d, false);
+    for (auto _ : state) {
+        auto st = layer.template initial_state<float>(B);
+        auto o = layer.forward(s.inputs, st);
+        benchmark::DoNotOptimize(o.data());
+    }
+    const double weights = 2.0 * d * 4 * d;
+    state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOP/s"] = benchmark::Counter(8.0 * weights * H * B * T, benchmark::Counter::kIsIterationInvariantRate,
+                                                   benchmark::Counter::kIs1000);
+}
+
+LayerOptions mlp_options(Execution execution) {
+    LayerOptions options{.heads = 4, .key_dim = 64, .value_dim = 64};
+    options.execution = execution;
+    return options;
+}
+
+void BM_TttMlpPrefillMatrixForm(benchmark::State& state) {
+    run_mlp_prefill(state, presets::ttt_mlp(mlp_options(Execution::automatic), 16));
+}
+void BM_TttMlpPrefillTokenLoop(benchmark::State& state) {
+    run_mlp_prefill(state, presets::ttt_mlp(mlp_options(Execution::reference), 16));
+}
+BENCHMARK(BM_TttMlpPrefillMatrixForm)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TttMlpPrefillTokenLoop)->Unit(benchmark::kMillisecond);
 
 /// One token at a time with the state carried: the decode step (H = 16, K = V = 128), through a
 /// Decoder over fixed buffers (no allocation per token) and through forward() with T = 1.

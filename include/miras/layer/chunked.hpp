@@ -155,7 +155,11 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
     bool channel = false;
     if constexpr (std::is_same_v<Retention, DecayRetention>) channel = layer.retention().gate.axis == Axis::key;
 
-    Mat<S> Q(C, K), Kc(C, K), Pc(read_key ? C : 0, K), Vc(C, V), A(C, C), U(C, V), Wk(C, K), O(C, V), mask(C, C);
+    Mat<S> Q(C, K), Kc(C, K), Pc(read_key ? C : 0, K), Vc(C, V), A(C, C), U(C, V), Wk(C, K), mask(C, C);
+    // The rows that read the chunk's start state W_0, stacked so that one product reads W_0 once:
+    // the decayed predictions eta exp(E) P (delta rule) above the decayed queries exp(G) Q.
+    const Index reads_of_start = delta ? 2 * C : C;
+    Mat<S> stacked(reads_of_start, K), from_start(reads_of_start, V);
     Vec<S> G(C), E(C), eta(C);
     // Per-channel decay: cumulative log-decays and prediction exponents per key channel.
     Mat<S> Gm(channel ? C : 0, K), Em(channel ? C : 0, K), scratch(channel ? C : 0, K);
@@ -198,36 +202,48 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
         // The keys the predictions read: p for Comba, else k.
         const auto Pn = read_key ? Pc.topRows(n) : Kc.topRows(n);
 
+        // Rows [0, n) of `stacked`: diag(eta) (P * exp(E)); rows [m, m + n): Q * exp(G), with m = n
+        // for the delta rule and 0 for the dot product.
+        const Index m = delta ? n : 0;
+        if constexpr (delta) {
+            if (channel) {
+                stacked.topRows(n) = eta.head(n).asDiagonal() * (Pn.array() * Em.topRows(n).array().exp()).matrix();
+            } else {
+                for (Index r = 0; r < n; ++r) stacked.row(r) = (eta[r] * math::exp(E[r])) * Pn.row(r);
+            }
+        }
+        if (channel) {
+            stacked.middleRows(m, n) = (Qn.array() * Gm.topRows(n).array().exp()).matrix();
+        } else {
+            for (Index r = 0; r < n; ++r) stacked.row(m + r) = math::exp(G[r]) * Qn.row(r);
+        }
+        auto read_start = from_start.topRows(m + n);
+        read_start.noalias() = stacked.topRows(m + n) * W.transpose();
+
         // U = (I + A)^{-1} (diag(eta) V - diag(eta) (P * exp(E)) W_0^T).
         auto Un = U.topRows(n);
         Un.noalias() = eta.head(n).asDiagonal() * Vn;
         if constexpr (delta) {
-            auto Wn = Wk.topRows(n);
             auto An = A.topLeftCorner(n, n);
             if (channel) {
-                Wn = eta.head(n).asDiagonal() * (Pn.array() * Em.topRows(n).array().exp()).matrix();
                 decayed_products(Pc.rows() > 0 ? Pc : Kc, Em, Kc, Gm, n, /*include_diagonal=*/false, scratch, A);
             } else {
-                for (Index r = 0; r < n; ++r) Wn.row(r) = (eta[r] * math::exp(E[r])) * Pn.row(r);
                 An.noalias() = Pn * Kn.transpose();
                 decay_mask(E, G, n, /*include_diagonal=*/false, mask);
                 An.array() *= mask.topLeftCorner(n, n).array();
             }
-            Un.noalias() -= Wn * W.transpose();
+            Un -= from_start.topRows(n);
             An = eta.head(n).asDiagonal() * An;
             // The unit lower view reads only the strictly lower part of A and puts ones on the diagonal.
             An.template triangularView<Eigen::UnitLower>().solveInPlace(Un);
         }
 
         // O = (Q * exp(G)) W_0^T + (decayed Q K^T, lower triangle with the diagonal) U.
-        auto On = O.topRows(n);
+        auto On = from_start.middleRows(m, n);
         auto P = A.topLeftCorner(n, n);
         if (channel) {
-            On.noalias() = (Qn.array() * Gm.topRows(n).array().exp()).matrix() * W.transpose();
             decayed_products(Q, Gm, Kc, Gm, n, /*include_diagonal=*/true, scratch, A);
         } else {
-            On.noalias() = Qn * W.transpose();
-            for (Index r = 0; r < n; ++r) On.row(r) *= math::exp(G[r]);
             P.noalias() = Qn * Kn.transpose();
             decay_mask(G, G, n, /*include_diagonal=*/true, mask);
             P.array() *= mask.topLeftCorner(n, n).array();

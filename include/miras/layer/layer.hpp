@@ -21,6 +21,7 @@
 #include "miras/layer/fused.hpp"
 #include "miras/layer/options.hpp"
 #include "miras/layer/inputs.hpp"
+#include "miras/layer/minibatch_mlp.hpp"
 #include "miras/layer/traits.hpp"
 #include "miras/memory/state_io.hpp"
 
@@ -236,8 +237,8 @@ public:
     /// Returns a decoder over fixed input buffers of one token each ([B, 1, H, *]). Every step()
     /// reads the values the buffers contain at that moment, advances `state` by one token and
     /// writes o [B, 1, H, V] into output(). Shapes are checked and gates bound once, here. Each
-    /// step checks the values (finite inputs, gates in range) as forward() does. The buffers the
-    /// views point to, and `state`, must outlive the decoder and stay where they are. With one
+    /// step checks the values (finite inputs, gates in range) as forward() does. The layer, the
+    /// buffers the views point to and `state` must outlive the decoder and stay where they are. With one
     /// thread, the layers of the fused loop (those with a chunked form) allocate nothing per step.
     template <class S>
     Decoder<S> decoder(Inputs<S> inputs, State<S>& state) const {
@@ -334,7 +335,7 @@ private:
             Workspace<S> local;
             Workspace<S>& work = workspaces ? workspaces[task] : local;
             HeadState<S>& head = state.heads[static_cast<std::size_t>(task)];
-            for (Index t = 0; t < T; ++t) {
+            const auto token = [&](Index t) {
                 const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
                 S* o = output + ((b * T + t) * H + h) * V;
                 if (options_.read == ReadTiming::before_write) read(head, gates.algorithm, b, t, h, q, scale, work, o);
@@ -348,7 +349,20 @@ private:
                     algorithm_.write(ctx, head.memory, head.algorithm, gates.algorithm, work.scratch);
                 }
                 if (options_.read == ReadTiming::after_write) read(head, gates.algorithm, b, t, h, q, scale, work, o);
+            };
+            Index t = 0;
+            if constexpr (detail::minibatch_mlp_types_v<Memory, Retention, Algorithm>) {
+                // Whole mini-batches as matrix products; a partial one at either end token by token.
+                if (options_.execution != Execution::reference && detail::minibatch_mlp_exact(*this)) {
+                    const Index size = algorithm_.minibatch_size;
+                    while (t < T && head.algorithm.position != 0) token(t++);
+                    for (; t + size <= T; t += size) {
+                        detail::forward_minibatch_mlp(*this, inputs, gates.retention, gates.algorithm, &gates.bias, b, h,
+                                                      T, t, head, output);
+                    }
+                }
             }
+            for (; t < T; ++t) token(t);
         });
     }
 

@@ -92,14 +92,20 @@ BENCHMARK(BM_GlaPrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KdaPrefillRecurrent)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KdaPrefillChunked)->Unit(benchmark::kMillisecond);
 
-/// TTT-MLP prefill (H = 4, d = 64, hidden 256, mini-batches of 16, T = 4096): the matrix form of
-/// the mini-batches against the token loop. Throughput counts 8 P flops per head per token for
-/// the P = 2 d 4d weights of the memory: 2 P for the forward pass of the key, 4 P for its inner
-/// gradient (backpropagation and the weight gradient) and 2 P for the read of the query.
+/// MLP-memory prefill (H = 4, d = 64, hidden 256, mini-batches of 16, T = 4096): the matrix form of
+/// the mini-batches against the token loop, for TTT-MLP and Titans. Throughput counts 8 P flops
+/// per head per token for the P = 2 d 4d weights of the memory: 2 P for the forward pass of the
+/// key, 4 P for its inner gradient (backpropagation and the weight gradient) and 2 P for the read
+/// of the query.
 template <class L>
 void run_mlp_prefill(benchmark::State& state, const L& layer) {
     const Index B = 1, T = 4096, H = layer.dims().heads, d = layer.dims().key;
-    const Sequence s = make_sequence(B, T, H, d, d, false);
+    Sequence s = make_sequence(B, T, H, d, d, false);
+    // A small inner rate keeps the memories finite on these random sequences.
+    const Tensor<float> eta({B, T, H}, 0.01f), theta({B, T, H}, -0.1f), gamma({B, T, H}, 1.0f);
+    s.inputs.gates["eta"] = eta.view();
+    s.inputs.gates["theta"] = theta.view();
+    s.inputs.gates["gamma"] = gamma.view();
     for (auto _ : state) {
         auto st = layer.template initial_state<float>(B);
         auto o = layer.forward(s.inputs, st);
@@ -123,8 +129,16 @@ void BM_TttMlpPrefillMatrixForm(benchmark::State& state) {
 void BM_TttMlpPrefillTokenLoop(benchmark::State& state) {
     run_mlp_prefill(state, presets::ttt_mlp(mlp_options(Execution::reference), 16));
 }
+void BM_TitansPrefillMatrixForm(benchmark::State& state) {
+    run_mlp_prefill(state, presets::titans(mlp_options(Execution::automatic), 2, 16));
+}
+void BM_TitansPrefillTokenLoop(benchmark::State& state) {
+    run_mlp_prefill(state, presets::titans(mlp_options(Execution::reference), 2, 16));
+}
 BENCHMARK(BM_TttMlpPrefillMatrixForm)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_TttMlpPrefillTokenLoop)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TitansPrefillMatrixForm)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TitansPrefillTokenLoop)->Unit(benchmark::kMillisecond);
 
 /// One token at a time with the state carried: the decode step (H = 16, K = V = 128), through a
 /// Decoder over fixed buffers (no allocation per token) and through forward() with T = 1.

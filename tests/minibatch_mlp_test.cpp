@@ -113,6 +113,21 @@ void expect_all_forms(double tolerance) {
         expect_matrix_form_matches<S>(
             decayed(Placement::decay_then_gradient, 4, true, MlpNorm::none, 0.0, 2, activation), 29, 10, tolerance);
     }
+    // Titans: momentum and a forget gate; with biases, a LayerNorm, clipping, without momentum.
+    expect_matrix_form_matches<S>(presets::titans(options, 2, 4), 29, 6, tolerance);
+    expect_matrix_form_matches<S>(presets::titans(options, 3, 8), 29, 11, tolerance);
+    for (bool use_momentum : {true, false}) {
+        MlpMemory memory = presets::miras_memory(true);
+        memory.biases = true;
+        Momentum algorithm{presets::per_token(), presets::per_token()};
+        algorithm.minibatch_size = 4;
+        algorithm.clip_norm = 0.05;
+        algorithm.use_momentum = use_momentum;
+        expect_matrix_form_matches<S>(
+            presets::Titans(options, memory, {}, DecayRetention{presets::per_token(), Placement::decay_then_gradient},
+                            algorithm),
+            29, 9, tolerance);
+    }
     MlpMemory memory = presets::miras_memory(true);
     expect_matrix_form_matches<S>(DeepHuber(options, memory, HuberBias{HuberKind::mixture, presets::per_token()},
                                             presets::forget_gate(), presets::online_gd(4)),
@@ -134,7 +149,12 @@ TEST(MiniBatchMlp, ClippingActsOnTestInputs) {
 
 TEST(MiniBatchMlp, OtherLayersKeepTheTokenLoop) {
     EXPECT_FALSE(detail::minibatch_mlp_exact(presets::moneta(options)));
-    EXPECT_FALSE(detail::minibatch_mlp_exact(presets::titans(options, 2, 4)));
+    EXPECT_FALSE(detail::minibatch_mlp_exact(presets::titans(options, 2, 1)));
+    Momentum omega{presets::per_token(), presets::per_token()};
+    omega.minibatch_size = 4;
+    omega.window = 2;
+    EXPECT_FALSE(detail::minibatch_mlp_exact(presets::Titans(options, presets::miras_memory(false), {},
+                                                             presets::forget_gate(), omega)));
     EXPECT_FALSE(detail::minibatch_mlp_exact(decayed(Placement::gradient_then_decay, 1, false, MlpNorm::none)));
     LayerOptions before = options;
     before.read = ReadTiming::before_write;

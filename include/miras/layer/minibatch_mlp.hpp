@@ -1,15 +1,17 @@
 // Mini-batch gradient descent on an MLP memory as matrix products. This is the dual form of TTT
 // (Sun et al., 2024), which the official TTT code applies layer by layer. Here it covers any depth,
 // biases, a LayerNorm on the branch, a residual, any attentional bias, inner gradient clipping,
-// and no retention or a decay per head. It returns the numbers of the token loop of MiniBatchGD,
-// reordered.
+// and no retention or a decay per head. It covers MiniBatchGD and the momentum of Titans
+// (Momentum without the Omega window and Newton-Schulz step of Atlas). It returns the numbers of
+// their token loops, reordered.
 //
 // Within a mini-batch of n tokens every gradient G_j is taken at the start weights W0, and the
 // weights after token i are W_i = s_i W0 - sum_{j<=i} C[i, j] G_j with
 //   per_token    s_i = exp(Gc_i - Gc_0) (decay first, W0 already decayed) or exp(Gc_i) (gradient
 //                first), C[i, j] = eta_j exp(Gc_i - Gc_j), Gc the cumulative log-decays;
 //   query_token  s_i = 1, C[i, j] = eta_i;
-//   factored     s_i = 1, C[i, j] = f[i] eta_j.
+//   factored     s_i = 1, C[i, j] = f[i] eta_j;
+//   momentum     as per_token, plus m_i S for the momentum S carried in, with C from its recurrence.
 // The gradient of layer l for token j is delta_lj h_lj^T (and delta_lj for its bias), with h_lj the
 // layer's input and delta_lj the backpropagated error at W0. So layer l of the read at W_i is
 //   z_l(u_i) = s_i (W0_l u_i + b0_l) - sum_{j<=i} C[i, j] (h_lj . u_i + 1) delta_lj
@@ -26,6 +28,7 @@
 
 #include "miras/algorithm/context.hpp"
 #include "miras/algorithm/minibatch_gd.hpp"
+#include "miras/algorithm/momentum.hpp"
 #include "miras/layer/options.hpp"
 #include "miras/memory/layer_norm.hpp"
 #include "miras/memory/mlp.hpp"
@@ -36,7 +39,7 @@ namespace miras::detail {
 
 template <class Memory, class Retention, class Algorithm>
 inline constexpr bool minibatch_mlp_types_v =
-    std::is_same_v<Memory, MlpMemory> && std::is_same_v<Algorithm, MiniBatchGD> &&
+    std::is_same_v<Memory, MlpMemory> && (std::is_same_v<Algorithm, MiniBatchGD> || std::is_same_v<Algorithm, Momentum>) &&
     (std::is_same_v<Retention, NoRetention> || std::is_same_v<Retention, DecayRetention>);
 
 /// Whether a layer of these types runs its mini-batches in the matrix form with its run-time
@@ -50,6 +53,10 @@ bool minibatch_mlp_exact(const L& layer) {
     } else {
         if (layer.options().read != ReadTiming::after_write || layer.dims().steps_per_token != 1) return false;
         if (layer.memory().gated || layer.algorithm().minibatch_size < 2) return false;
+        if constexpr (std::is_same_v<typename L::algorithm_type, Momentum>) {
+            // The Omega window and the Newton-Schulz step of Atlas have no matrix form here.
+            if (layer.algorithm().window != 1 || layer.algorithm().newton_schulz_steps != 0) return false;
+        }
         if constexpr (std::is_same_v<Retention, DecayRetention>) {
             if (layer.retention().gate.axis != Axis::head) return false;
         }
@@ -105,6 +112,10 @@ void activate_all(Activation activation, const Mat<S>& z, Mat<S>& value, Mat<S>*
     if (derivative) *derivative = z.unaryExpr([activation](const S& x) { return activate_derivative(activation, x); });
 }
 
+/// Whether the rates act token by token (W_i = a_i W_{i-1} - eta_i G_i).
+inline bool algorithm_form_is_per_token(const MiniBatchGD& algorithm) { return algorithm.form == MiniBatchRate::per_token; }
+inline bool algorithm_form_is_per_token(const Momentum&) { return true; }
+
 /// Runs the full mini-batch of tokens [first, first + n) of sequence b, head h, whose state starts
 /// a new mini-batch (position 0), and writes its outputs.
 template <class S, class L, class RetentionBound, class AlgorithmBound, class HeadState>
@@ -112,9 +123,11 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
                            const AlgorithmBound& algorithm_gates, const void* bias_gates, Index b, Index h, Index T,
                            Index first, HeadState& head, S* output) {
     using Retention = typename L::retention_type;
+    using Algorithm = typename L::algorithm_type;
     constexpr bool decays = std::is_same_v<Retention, DecayRetention>;
+    constexpr bool momentum = std::is_same_v<Algorithm, Momentum>;
     const MlpMemory& memory = layer.memory();
-    const MiniBatchGD& algorithm = layer.algorithm();
+    const Algorithm& algorithm = layer.algorithm();
     const Retention& retention = layer.retention();
     const LayerDims& dims = layer.dims();
     const Index H = dims.heads, K = dims.key, V = dims.value, D = dims.key_features;
@@ -125,32 +138,65 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
     auto& W = head.memory;
     auto& state = head.algorithm;
 
-    // Cumulative log-decays, rates and the coefficients s and C of the header.
-    Vec<S> cumulative(n), eta(n), s(n);
+    // Log-decays and their cumulative sums, rates, and for momentum the gradient weights gamma and
+    // the momentum factors theta = exp(theta gate) (0 without momentum).
+    Vec<S> log_decay(n), cumulative(n), eta(n), gamma = Vec<S>::Ones(n), theta = Vec<S>::Zero(n);
     S running = S(0);
     for (Index i = 0; i < n; ++i) {
-        running += retention.log_decay(retention_gates, b, first + i, h)[0];
+        const Index t = first + i;
+        log_decay[i] = retention.log_decay(retention_gates, b, t, h)[0];
+        running += log_decay[i];
         cumulative[i] = running;
-        eta[i] = algorithm_gates.eta.at(b, first + i, h)[0];
+        eta[i] = algorithm_gates.eta.at(b, t, h)[0];
+        if constexpr (momentum) {
+            gamma[i] = algorithm_gates.gamma.at(b, t, h)[0];
+            if (algorithm.use_momentum) theta[i] = math::exp(algorithm_gates.theta.at(b, t, h)[0]);
+        }
     }
     const bool decay_first = retention.placement == Placement::decay_then_gradient;
     if constexpr (decays) {
         if (decay_first) params_scale(W, math::exp(cumulative[0]));
     }
     state.start = W;
+
+    // W_i = s_i W0 + m_i S - sum_j C[i, j] G_j, with S the momentum before the mini-batch (m = 0
+    // without momentum). For momentum, S_i = theta_i S_{i-1} - eta_i G_i and W_i = a_i W_{i-1} + S_i
+    // give m_i = a_i m_{i-1} + theta_0 ... theta_i and C[i, j] = eta_j c_ij with c_jj = 1 and
+    // c_ij = a_i c_{i-1, j} + theta_{j+1} ... theta_i; carry[j] = theta_{j+1} ... theta_{n-1}
+    // weighs G_j in the momentum after the mini-batch.
+    Vec<S> s = Vec<S>::Ones(n), m = Vec<S>::Zero(n), carry = Vec<S>::Zero(n);
     Mat<S> C = Mat<S>::Zero(n, n);
+    const bool stepwise = momentum || algorithm_form_is_per_token(algorithm);
     for (Index i = 0; i < n; ++i) {
-        s[i] = S(1);
-        if (algorithm.form == MiniBatchRate::per_token && decays) {
-            s[i] = math::exp(cumulative[i] - (decay_first ? cumulative[0] : S(0)));
+        if (stepwise && decays) s[i] = math::exp(cumulative[i] - (decay_first ? cumulative[0] : S(0)));
+    }
+    if constexpr (momentum) {
+        S theta_product = S(1), previous = S(0);
+        for (Index i = 0; i < n; ++i) {
+            theta_product *= theta[i];
+            m[i] = math::exp(log_decay[i]) * previous + theta_product;
+            previous = m[i];
         }
-        for (Index j = 0; j <= i; ++j) {
-            switch (algorithm.form) {
-                case MiniBatchRate::per_token: C(i, j) = eta[j] * math::exp(cumulative[i] - cumulative[j]); break;
-                case MiniBatchRate::query_token: C(i, j) = eta[i]; break;
-                case MiniBatchRate::factored:
-                    C(i, j) = S(algorithm.token_factor[static_cast<std::size_t>(i)]) * eta[j];
-                    break;
+        for (Index j = 0; j < n; ++j) {
+            S c = S(1), product = S(1);
+            C(j, j) = eta[j];
+            for (Index i = j + 1; i < n; ++i) {
+                product *= theta[i];
+                c = math::exp(log_decay[i]) * c + product;
+                C(i, j) = eta[j] * c;
+            }
+            carry[j] = product;
+        }
+    } else {
+        for (Index i = 0; i < n; ++i) {
+            for (Index j = 0; j <= i; ++j) {
+                switch (algorithm.form) {
+                    case MiniBatchRate::per_token: C(i, j) = eta[j] * math::exp(cumulative[i] - cumulative[j]); break;
+                    case MiniBatchRate::query_token: C(i, j) = eta[i]; break;
+                    case MiniBatchRate::factored:
+                        C(i, j) = S(algorithm.token_factor[static_cast<std::size_t>(i)]) * eta[j];
+                        break;
+                }
             }
         }
     }
@@ -207,6 +253,9 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
         deltas[ul] = errors;
         if (l > 0) errors = (errors * W.weights[ul]).eval();
     }
+    if constexpr (momentum) {
+        for (auto& delta : deltas) delta = gamma.asDiagonal() * delta;
+    }
     if (algorithm.clip_norm > 0.0) {
         using std::sqrt;
         for (Index j = 0; j < n; ++j) {
@@ -230,6 +279,11 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
         Mat<S> Z = U * W.weights[ul].transpose();
         if (biases) Z.rowwise() += W.biases[ul].transpose();
         Z = s.asDiagonal() * Z;
+        if constexpr (momentum) {
+            Mat<S> from_momentum = U * state.momentum.weights[ul].transpose();
+            if (biases) from_momentum.rowwise() += state.momentum.biases[ul].transpose();
+            Z.noalias() += m.asDiagonal() * from_momentum;
+        }
         scores.noalias() = U * inputs_at_start[ul].transpose();
         if (biases) scores.array() += S(1);
         scores = scores.cwiseProduct(C);
@@ -252,21 +306,36 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
         }
     }
 
-    // The weights after the last token, and the state the token loop would leave: start W0, the
-    // sum of the (rate-weighted) gradients for the query_token and factored forms, position 0.
+    // The weights after the last token and the rest of the state the token loop would leave. That
+    // is the start W0, the sum of the (rate-weighted) gradients for the query_token and factored
+    // forms, or the momentum.
     const Index last = n - 1;
     const Vec<S> weights_last = C.row(last).transpose();
     Vec<S> sum_weights = Vec<S>::Zero(n);
-    if (algorithm.form == MiniBatchRate::query_token) sum_weights.setOnes();
-    if (algorithm.form == MiniBatchRate::factored) sum_weights = eta;
+    if constexpr (momentum) {
+        sum_weights = carry.cwiseProduct(eta);
+    } else {
+        if (algorithm.form == MiniBatchRate::query_token) sum_weights.setOnes();
+        if (algorithm.form == MiniBatchRate::factored) sum_weights = eta;
+    }
     for (Index l = 0; l < depth; ++l) {
         const auto ul = static_cast<std::size_t>(l);
         W.weights[ul] = s[last] * state.start.weights[ul];
         W.weights[ul].noalias() -= deltas[ul].transpose() * (weights_last.asDiagonal() * inputs_at_start[ul]);
-        state.sum.weights[ul].noalias() = deltas[ul].transpose() * (sum_weights.asDiagonal() * inputs_at_start[ul]);
-        if (biases) {
-            W.biases[ul] = s[last] * state.start.biases[ul] - deltas[ul].transpose() * weights_last;
-            state.sum.biases[ul] = deltas[ul].transpose() * sum_weights;
+        if (biases) W.biases[ul] = s[last] * state.start.biases[ul] - deltas[ul].transpose() * weights_last;
+        if constexpr (momentum) {
+            W.weights[ul] += m[last] * state.momentum.weights[ul];
+            state.momentum.weights[ul] *= carry[0] * theta[0];
+            state.momentum.weights[ul].noalias() -=
+                deltas[ul].transpose() * (sum_weights.asDiagonal() * inputs_at_start[ul]);
+            if (biases) {
+                W.biases[ul] += m[last] * state.momentum.biases[ul];
+                state.momentum.biases[ul] = carry[0] * theta[0] * state.momentum.biases[ul] -
+                                            deltas[ul].transpose() * sum_weights;
+            }
+        } else {
+            state.sum.weights[ul].noalias() = deltas[ul].transpose() * (sum_weights.asDiagonal() * inputs_at_start[ul]);
+            if (biases) state.sum.biases[ul] = deltas[ul].transpose() * sum_weights;
         }
     }
     state.position = 0;

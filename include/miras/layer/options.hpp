@@ -9,7 +9,8 @@ namespace miras {
 
 /// How a layer runs a sequence. All forms return the same numbers up to rounding.
 ///   reference  the token loop over the components, for every combination
-///   recurrent  a fused token loop where one exists (one pass over the state per token), else reference
+///   recurrent  a fused token loop where one exists (one pass over the state per token), the matrix
+///              form of whole mini-batches for MLP memories (minibatch_mlp.hpp), else reference
 ///   chunked    the chunked form (a ConfigError for layers without an exact chunked form)
 ///   automatic  chunked where it exists and the call has at least chunk_size tokens, else recurrent
 enum class Execution { automatic, reference, recurrent, chunked };

@@ -154,13 +154,17 @@ LayerOptions decode_options() {
     return options;
 }
 
-void BM_GatedDeltaNetDecode(benchmark::State& state) {
-    const auto layer = presets::gated_deltanet(decode_options());
-    const Sequence s = make_sequence(1, 1, 16, 128, 128, false);
-    auto st = layer.initial_state<float>(1);
+template <class L>
+void run_decoder(benchmark::State& state, const L& layer, bool per_key_decay) {
+    const Sequence s = make_sequence(1, 1, 16, 128, 128, per_key_decay);
+    auto st = layer.template initial_state<float>(1);
     auto decoder = layer.decoder(s.inputs, st);
     for (auto _ : state) benchmark::DoNotOptimize(decoder.step().data());
     set_decode_counters(state);
+}
+
+void BM_GatedDeltaNetDecode(benchmark::State& state) {
+    run_decoder(state, presets::gated_deltanet(decode_options()), false);
 }
 void BM_GatedDeltaNetDecodeForward(benchmark::State& state) {
     const auto layer = presets::gated_deltanet(decode_options());
@@ -172,14 +176,7 @@ void BM_GatedDeltaNetDecodeForward(benchmark::State& state) {
     }
     set_decode_counters(state);
 }
-void BM_GlaDecode(benchmark::State& state) {
-    const auto layer = presets::gla(decode_options());
-    const Sequence s = make_sequence(1, 1, 16, 128, 128, true);
-    auto st = layer.initial_state<float>(1);
-    auto decoder = layer.decoder(s.inputs, st);
-    for (auto _ : state) benchmark::DoNotOptimize(decoder.step().data());
-    set_decode_counters(state);
-}
+void BM_GlaDecode(benchmark::State& state) { run_decoder(state, presets::gla(decode_options()), true); }
 BENCHMARK(BM_GatedDeltaNetDecode)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GatedDeltaNetDecodeForward)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GlaDecode)->Unit(benchmark::kMicrosecond);

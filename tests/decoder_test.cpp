@@ -35,6 +35,7 @@ void eigen_assertion_failed(const char* condition) {
 
 #include "miras/miras.hpp"
 #include "support.hpp"
+#include "with_execution.hpp"
 
 void* operator new(std::size_t size) {
     allocations.fetch_add(1, std::memory_order_relaxed);
@@ -48,13 +49,7 @@ namespace {
 
 using namespace miras;
 using test::TensorMap;
-
-template <class L>
-L with_execution(L layer, Execution execution) {
-    LayerOptions options = layer.options();
-    options.execution = execution;
-    return L(options, layer.memory(), layer.bias(), layer.retention(), layer.algorithm());
-}
+using test::with_execution;
 
 /// Scales every key row (and Comba's read keys) to unit norm, the regime in which a delta rule
 /// with rates below 2 stays bounded.

@@ -9,18 +9,13 @@
 #include "miras/layer/presets_deep.hpp"
 #include "miras/miras.hpp"
 #include "support.hpp"
+#include "with_execution.hpp"
 
 namespace {
 
 using namespace miras;
 using test::TensorMap;
-
-template <class L>
-L with_execution(L layer, Execution execution) {
-    LayerOptions options = layer.options();
-    options.execution = execution;
-    return L(options, layer.memory(), layer.bias(), layer.retention(), layer.algorithm());
-}
+using test::with_execution;
 
 /// The largest relative difference between outputs, scaled by 1 + |reference|.
 template <class S>

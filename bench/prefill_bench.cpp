@@ -140,8 +140,10 @@ BENCHMARK(BM_TttMlpPrefillTokenLoop)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_TitansPrefillMatrixForm)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_TitansPrefillTokenLoop)->Unit(benchmark::kMillisecond);
 
-/// One token at a time with the state carried: the decode step (H = 16, K = V = 128), through a
-/// Decoder over fixed buffers (no allocation per token) and through forward() with T = 1.
+// The decode step: one token at a time with the state carried (H = 16, K = V = 128), through a
+// Decoder over fixed buffers (no allocation per token) and through forward() with T = 1.
+
+/// Sets the throughput counters of one decoded token.
 void set_decode_counters(benchmark::State& state) {
     state.counters["tokens/s"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
     state.counters["GFLOP/s"] = benchmark::Counter(4.0 * 128 * 128 * 16, benchmark::Counter::kIsIterationInvariantRate,

@@ -104,10 +104,12 @@ void expect_all_forms(double tolerance) {
                                   tolerance);
     expect_matrix_form_matches<S>(decayed(Placement::decay_then_gradient, 4, false, MlpNorm::none, 0.0, 1), 29, 12,
                                   tolerance);
+
     for (Activation activation : {Activation::silu, Activation::tanh, Activation::relu}) {
         expect_matrix_form_matches<S>(
             decayed(Placement::decay_then_gradient, 4, true, MlpNorm::none, 0.0, 2, activation), 29, 10, tolerance);
     }
+
     // Titans: momentum and a forget gate; with biases, a LayerNorm, clipping, without momentum.
     expect_matrix_form_matches<S>(presets::titans(options, 2, 4), 29, 6, tolerance);
     expect_matrix_form_matches<S>(presets::titans(options, 3, 8), 29, 11, tolerance);
@@ -123,6 +125,7 @@ void expect_all_forms(double tolerance) {
                             algorithm),
             29, 9, tolerance);
     }
+
     MlpMemory memory = presets::miras_memory(true);
     expect_matrix_form_matches<S>(DeepHuber(options, memory, HuberBias{HuberKind::mixture, presets::per_token()},
                                             presets::forget_gate(), presets::online_gd(4)),

@@ -167,8 +167,8 @@ public:
         return gate;
     }
 
-    /// Checks that every per-token gate bound so far holds values in its range; the values are
-    /// read now, so a caller that refills the same buffers checks them again.
+    /// Checks that every per-token gate bound so far contains values in its range. The values are
+    /// read at each call, so a caller that refills the same buffers checks them again.
     void check_values() const {
         for (const auto& [spec, tensor] : per_token_) {
             const char* letters = spec.config.axis == Axis::head ? "bth" : "bthc";

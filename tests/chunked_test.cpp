@@ -24,7 +24,10 @@ enum class Model {
     kda_form_b,
     comba,
     deltaproduct_2,
-    deltaproduct_3
+    deltaproduct_3,
+    rwkv7,
+    rwkv7_decay_first,
+    generalized_delta_head_decay
 };
 
 const char* model_name(Model m) {
@@ -41,6 +44,9 @@ const char* model_name(Model m) {
         case Model::comba: return "Comba";
         case Model::deltaproduct_2: return "DeltaProduct2";
         case Model::deltaproduct_3: return "DeltaProduct3";
+        case Model::rwkv7: return "RWKV7";
+        case Model::rwkv7_decay_first: return "RWKV7DecayThenGradient";
+        case Model::generalized_delta_head_decay: return "GeneralizedDeltaHeadDecay";
     }
     return "?";
 }
@@ -85,7 +91,10 @@ void expect_modes_agree(const L& base, Index T, Index C, double tolerance) {
     Tensor<S> q({B, T, H, K}), k({B, T * n, H, K}), v({B, T * n, H, V}), eta({B, T * n, H});
     bool channel_decay = false;
     if constexpr (requires { base.retention().gate; }) channel_decay = base.retention().gate.axis == Axis::key;
-    const bool read_key = base.algorithm().separate_read_key;
+    bool read_key = false;
+    if constexpr (requires { base.algorithm().separate_read_key; }) read_key = base.algorithm().separate_read_key;
+    // The generalised delta rule reads a removal key a and writes along b per token.
+    constexpr bool dplr = std::is_same_v<typename L::algorithm_type, GeneralizedDelta>;
     Tensor<S> g(channel_decay ? Shape{B, T, H, K} : Shape{B, T, H}), p({B, T * n, H, read_key ? K : 0});
     auto unit_rows = [&](Tensor<S>& keys) {
         for (Index i = 0; i < keys.size() / K; ++i) {
@@ -103,6 +112,18 @@ void expect_modes_agree(const L& base, Index T, Index C, double tolerance) {
     for (auto& x : eta.values()) x = S(uniform(rng));
     Inputs<S> inputs{q.view(), k.view(), v.view(), {{"g", g.view()}, {"eta", eta.view()}}};
     if (read_key) inputs.gates.emplace("p", p.view());
+    // RWKV-7's removal key a = -kappa and replacement direction b = kappa * rate, kappa of unit
+    // norm and the rate in [0, 1] per channel, so the transition diag(exp(g)) + a b^T contracts.
+    Tensor<S> a({B, T, H, dplr ? K : 0}), replacement({B, T, H, dplr ? K : 0});
+    if constexpr (dplr) {
+        unit_rows(a);
+        for (Index i = 0; i < a.size(); ++i) {
+            replacement[i] = a[i] * S(uniform(rng));
+            a[i] = -a[i];
+        }
+        inputs.gates.emplace("a", a.view());
+        inputs.gates.emplace("b", replacement.view());
+    }
 
     Tensor<S> initial({B, H, V, K});
     for (auto& x : initial.values()) x = S(0.3 * normal(rng));
@@ -155,13 +176,27 @@ void run_case(const Case& c, double tolerance) {
             return expect_modes_agree<S>(presets::deltaproduct(options, 2), c.tokens, c.chunk, tolerance);
         case Model::deltaproduct_3:
             return expect_modes_agree<S>(presets::deltaproduct(options, 3), c.tokens, c.chunk, tolerance);
+        case Model::rwkv7: return expect_modes_agree<S>(presets::rwkv7(options), c.tokens, c.chunk, tolerance);
+        case Model::rwkv7_decay_first: {
+            // A per-token rate eta and the correction read after the decay.
+            presets::Rwkv7 layer(options, {}, {}, presets::per_token_decay(Axis::key, Placement::decay_then_gradient),
+                                 GeneralizedDelta{GateConfig::input(Axis::head)});
+            return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
+        }
+        case Model::generalized_delta_head_decay: {
+            presets::Rwkv7 layer(options, {}, {}, presets::per_token_decay(Axis::head, Placement::gradient_then_decay),
+                                 GeneralizedDelta{GateConfig::input(Axis::head)});
+            return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
+        }
     }
 }
 
 std::vector<Case> cases() {
     std::vector<Case> all;
     for (Model m : {Model::linear_attention, Model::retnet, Model::mamba2, Model::gla, Model::deltanet,
-                    Model::gated_deltanet, Model::gated_deltanet_form_b, Model::kda, Model::kda_form_b, Model::comba, Model::deltaproduct_2, Model::deltaproduct_3}) {
+                    Model::gated_deltanet, Model::gated_deltanet_form_b, Model::kda, Model::kda_form_b, Model::comba,
+                    Model::deltaproduct_2, Model::deltaproduct_3, Model::rwkv7, Model::rwkv7_decay_first,
+                    Model::generalized_delta_head_decay}) {
         for (Index C : {16, 32, 64}) {
             for (Index T : {Index(1), Index(2), C - 1, C, C + 1, Index(1000)}) all.push_back({m, T, C});
         }
@@ -194,6 +229,8 @@ TEST(ChunkedForm, AutomaticPicksChunkedOnlyWhereExact) {
     EXPECT_TRUE(presets::kda(options).runs_chunked(64));
     EXPECT_TRUE(presets::gla(options).runs_chunked(64));
     EXPECT_TRUE(presets::deltaproduct(options, 2).runs_chunked(64));
+    EXPECT_TRUE(presets::rwkv7(options).runs_chunked(64));
+    EXPECT_FALSE(presets::rwkv7(options).runs_chunked(15));
     EXPECT_FALSE(presets::mesanet(options).runs_chunked(64));
 }
 

@@ -18,6 +18,7 @@
 #include "miras/algorithm/context.hpp"
 #include "miras/core/parallel.hpp"
 #include "miras/layer/chunked.hpp"
+#include "miras/layer/chunked_dplr.hpp"
 #include "miras/layer/fused.hpp"
 #include "miras/layer/options.hpp"
 #include "miras/layer/inputs.hpp"
@@ -100,10 +101,11 @@ public:
         dims_.value = options_.value_dim;
         dims_.key_features = memory_.feature_dim(options_.key_dim);
         dims_.steps_per_token = options_.steps_per_token;
-        if (options_.execution == Execution::chunked && !detail::chunkable(*this)) {
-            throw ConfigError(std::string("the chunked form needs a matrix memory with identity features, the l2 or "
-                                          "dot-product bias, one gradient step per token with a per-head rate, and no "
-                                          "retention or a per-head decay; this layer has ") +
+        if (options_.execution == Execution::chunked && !has_chunked_form()) {
+            throw ConfigError(std::string("the chunked form needs a matrix memory with identity features, reads after "
+                                          "the write, no retention or a decay per head or per key channel, and either "
+                                          "one gradient step per token with a per-head rate and the l2 or dot-product "
+                                          "bias, or the generalised delta rule with a per-head rate; this layer has ") +
                               Memory::name + "/" + Bias::name + "/" + Retention::name + "/" + Algorithm::name);
         }
         memory_.validate(dims_);
@@ -140,10 +142,13 @@ public:
             case Execution::reference:
             case Execution::recurrent: return false;
             case Execution::chunked: return true;
-            case Execution::automatic: return T >= options_.chunk_size && detail::chunkable(*this);
+            case Execution::automatic: return T >= options_.chunk_size && has_chunked_form();
         }
         return false;
     }
+
+    /// Returns whether the layer has an exact chunked form with its options.
+    bool has_chunked_form() const { return detail::chunkable(*this) || detail::dplr_chunkable(*this); }
 
     /// Lists every gate the layer reads: the retention's, the algorithm's, then the bias's.
     std::vector<GateSpec> gates() const {
@@ -326,6 +331,16 @@ private:
                     } else {
                         detail::forward_head_fused(*this, inputs, gates.retention, gates.algorithm, b, h, T, W, output);
                     }
+                });
+                return;
+            }
+        }
+        if constexpr (detail::dplr_types_v<Memory, Retention, Algorithm>) {
+            if (options_.execution != Execution::reference && runs_chunked(T)) {
+                parallel_for(B * H, options_.threads, [&](Index task) {
+                    auto& W = state.heads[static_cast<std::size_t>(task)].memory;
+                    detail::forward_head_chunked_dplr(*this, inputs, gates.retention, gates.algorithm, task / H,
+                                                      task % H, T, W, output);
                 });
                 return;
             }

@@ -1,0 +1,130 @@
+// Chunked execution of the generalised delta rule (RWKV-7's diagonal-plus-low-rank recurrence,
+// flash-linear-attention's `chunk_dplr` in this project's orientation). Per token
+//   W_r = W_{r-1} diag(exp(g_r)) + y_r b_r^T + eta_r v_r k_r^T,   y_r = W_p a_r,
+// with W_p = W_{r-1} (gradient_then_decay, RWKV-7) or W_{r-1} diag(exp(g_r)) (decay_then_gradient).
+// Within a chunk with start state W_0, cumulative log-decays G_r = g_1 + ... + g_r per key channel
+// and the exponent E_r of the state y_r reads (G_{r-1} or G_r), unrolling the recurrence gives
+//   y_r = W_0 (a_r * exp(E_r)) + sum_{i<r} (a_r . b_i)_E y_i + (a_r . k_i)_E eta_i v_i
+// where (x_r . z_i)_E = sum_c x_rc z_ic exp(E_rc - G_ic). So the removed vectors Y solve the unit
+// lower triangular system
+//   (I - L_ab) Y = (A * exp(E)) W_0^T + L_ak diag(eta) V
+// with the strictly lower L_ab[r, i] = (a_r . b_i)_E and L_ak[r, i] = (a_r . k_i)_E: the WY form of
+// the delta rule with a second pair (y_i, b_i) written beside (eta_i v_i, k_i). Then
+//   O = (Q * exp(G)) W_0^T + P_qb Y + P_qk diag(eta) V          (products with the diagonal)
+//   W_C = W_0 diag(exp(G_C)) + Y^T (B * exp(G_C - G)) + V^T diag(eta) (K * exp(G_C - G)).
+// decayed_products (chunked.hpp) forms every decayed product with exponents <= 0. With a per-head
+// decay or none, each row of G repeats the head's value across the K channels.
+#pragma once
+
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "miras/algorithm/generalized_delta.hpp"
+#include "miras/layer/chunked.hpp"
+#include "miras/layer/options.hpp"
+#include "miras/memory/matrix.hpp"
+#include "miras/retention/decay.hpp"
+#include "miras/retention/none.hpp"
+
+namespace miras {
+
+namespace detail {
+
+template <class Memory, class Retention, class Algorithm>
+inline constexpr bool dplr_types_v =
+    std::is_same_v<Memory, MatrixMemory> && std::is_same_v<Algorithm, GeneralizedDelta> &&
+    (std::is_same_v<Retention, NoRetention> || std::is_same_v<Retention, DecayRetention>);
+
+/// Whether a layer of the generalised delta rule can run chunked with its run-time options.
+template <class L>
+bool dplr_chunkable(const L& layer) {
+    if constexpr (!dplr_types_v<typename L::memory_type, typename L::retention_type, typename L::algorithm_type>) {
+        return false;
+    } else {
+        return layer.options().read == ReadTiming::after_write &&
+               layer.memory().features.kind == FeatureKind::identity && layer.dims().steps_per_token == 1 &&
+               layer.algorithm().rate.axis == Axis::head;
+    }
+}
+
+/// Runs one (b, h) sequence of the generalised delta rule chunk by chunk; W is the head's state,
+/// updated in place.
+template <class S, class L, class RetentionBound, class AlgorithmBound>
+void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
+                               const AlgorithmBound& algorithm_gates, Index b, Index h, Index T, Mat<S>& W,
+                               S* output) {
+    const Index H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
+    const Index C = layer.options().chunk_size;
+    const S scale = S(layer.query_scale());
+    const bool gradient_first = layer.retention().placement == Placement::gradient_then_decay;
+
+    Mat<S> Q(C, K), Kc(C, K), Ac(C, K), Bc(C, K), Vc(C, V), Y(C, V), L_ab(C, C), L_ak(C, C);
+    Mat<S> G(C, K), E(C, K), scratch(C, K), decayed(C, K);
+    // Rows [0, n): A * exp(E), the removal keys at the state they read; rows [n, 2n): Q * exp(G).
+    Mat<S> stacked(2 * C, K), from_start(2 * C, V);
+
+    for (Index start = 0; start < T; start += C) {
+        const Index n = std::min(C, T - start);
+        for (Index r = 0; r < n; ++r) {
+            const Index t = start + r;
+            const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
+            const S* k = inputs.k.data() + ((b * T + t) * H + h) * K;
+            const S* v = inputs.v.data() + ((b * T + t) * H + h) * V;
+            const GateValues<S> a = algorithm_gates.a.at(b, t, h);
+            const GateValues<S> beta = algorithm_gates.b.at(b, t, h);
+            const S eta = algorithm_gates.eta.at(b, t, h)[0];
+            const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
+            for (Index c = 0; c < K; ++c) {
+                Q(r, c) = q[c] * scale;
+                Kc(r, c) = k[c];
+                Ac(r, c) = a[c];
+                Bc(r, c) = beta[c];
+                const S previous = r == 0 ? S(0) : G(r - 1, c);
+                G(r, c) = previous + g[c];
+                E(r, c) = gradient_first ? previous : G(r, c);
+            }
+            for (Index c = 0; c < V; ++c) Vc(r, c) = eta * v[c];
+        }
+        auto Vn = Vc.topRows(n);
+        auto Yn = Y.topRows(n);
+
+        stacked.topRows(n) = (Ac.topRows(n).array() * E.topRows(n).array().exp()).matrix();
+        stacked.middleRows(n, n) = (Q.topRows(n).array() * G.topRows(n).array().exp()).matrix();
+        from_start.topRows(2 * n).noalias() = stacked.topRows(2 * n) * W.transpose();
+
+        // (I - L_ab) Y = (A * exp(E)) W_0^T + L_ak diag(eta) V.
+        decayed_products(Ac, E, Bc, G, n, /*include_diagonal=*/false, scratch, L_ab);
+        decayed_products(Ac, E, Kc, G, n, /*include_diagonal=*/false, scratch, L_ak);
+        Yn = from_start.topRows(n);
+        Yn.noalias() += L_ak.topLeftCorner(n, n) * Vn;
+        auto system = L_ab.topLeftCorner(n, n);
+        system = -system;
+        // The unit lower view reads only the strictly lower part and puts ones on the diagonal.
+        system.template triangularView<Eigen::UnitLower>().solveInPlace(Yn);
+
+        // O = (Q * exp(G)) W_0^T + P_qb Y + P_qk diag(eta) V, reusing L_ab and L_ak for P_qb, P_qk.
+        auto On = from_start.middleRows(n, n);
+        decayed_products(Q, G, Bc, G, n, /*include_diagonal=*/true, scratch, L_ab);
+        decayed_products(Q, G, Kc, G, n, /*include_diagonal=*/true, scratch, L_ak);
+        On.noalias() += L_ab.topLeftCorner(n, n) * Yn;
+        On.noalias() += L_ak.topLeftCorner(n, n) * Vn;
+        for (Index r = 0; r < n; ++r) {
+            S* o = output + ((b * T + start + r) * H + h) * V;
+            for (Index c = 0; c < V; ++c) o[c] = On(r, c);
+        }
+
+        // W_C = W_0 diag(exp(G_C)) + Y^T (B * exp(G_C - G)) + V^T diag(eta) (K * exp(G_C - G)).
+        auto ratio = decayed.topRows(n);
+        for (Index r = 0; r < n; ++r) ratio.row(r) = (G.row(n - 1) - G.row(r)).array().exp();
+        W.array().rowwise() *= G.row(n - 1).array().exp();
+        scratch.topRows(n) = (Bc.topRows(n).array() * ratio.array()).matrix();
+        W.noalias() += Yn.transpose() * scratch.topRows(n);
+        scratch.topRows(n) = (Kc.topRows(n).array() * ratio.array()).matrix();
+        W.noalias() += Vn.transpose() * scratch.topRows(n);
+    }
+    if constexpr (std::is_same_v<typename L::retention_type, NoRetention>) (void)retention_gates;
+}
+
+}  // namespace detail
+}  // namespace miras

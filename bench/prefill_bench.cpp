@@ -17,31 +17,52 @@ using namespace miras;
 BENCHMARK(bench::BM_EigenGemm)->Unit(benchmark::kMillisecond);
 
 struct Sequence {
-    Tensor<float> q, k, v, g, eta;
+    Tensor<float> q, k, v, g, eta, a, b;
     Inputs<float> inputs;
 };
 
-Sequence make_sequence(Index B, Index T, Index H, Index K, Index V, bool per_key_decay) {
+/// Gates of the generalised delta rule beside the usual ones.
+enum class Removal { none, rwkv7 };
+
+void unit_rows(Tensor<float>& x, Index K, std::mt19937& rng) {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (Index i = 0; i < x.size() / K; ++i) {
+        float norm = 0.0f;
+        for (Index c = 0; c < K; ++c) norm += (x[i * K + c] = normal(rng)) * x[i * K + c];
+        for (Index c = 0; c < K; ++c) x[i * K + c] /= std::sqrt(norm);
+    }
+}
+
+Sequence make_sequence(Index B, Index T, Index H, Index K, Index V, bool per_key_decay,
+                       Removal removal = Removal::none) {
     std::mt19937 rng(7);
     std::normal_distribution<float> normal(0.0f, 1.0f);
+    const Index removal_width = removal == Removal::rwkv7 ? K : 0;
     Sequence s{Tensor<float>({B, T, H, K}), Tensor<float>({B, T, H, K}), Tensor<float>({B, T, H, V}),
                Tensor<float>(per_key_decay ? Shape{B, T, H, K} : Shape{B, T, H}, -0.02f),
-               Tensor<float>({B, T, H}, 0.5f), {}};
+               Tensor<float>({B, T, H}, 0.5f), Tensor<float>({B, T, H, removal_width}),
+               Tensor<float>({B, T, H, removal_width}), {}};
     for (auto& x : s.q.values()) x = normal(rng);
     for (auto& x : s.v.values()) x = normal(rng);
-    for (Index i = 0; i < B * T * H; ++i) {
-        float norm = 0.0f;
-        for (Index c = 0; c < K; ++c) norm += (s.k[i * K + c] = normal(rng)) * s.k[i * K + c];
-        for (Index c = 0; c < K; ++c) s.k[i * K + c] /= std::sqrt(norm);
-    }
+    unit_rows(s.k, K, rng);
     s.inputs = Inputs<float>{s.q.view(), s.k.view(), s.v.view(), {{"g", s.g.view()}, {"eta", s.eta.view()}}};
+    if (removal == Removal::rwkv7) {
+        // RWKV-7: a = -kappa and b = 0.5 kappa for a unit kappa.
+        unit_rows(s.a, K, rng);
+        for (Index i = 0; i < s.a.size(); ++i) {
+            s.b[i] = 0.5f * s.a[i];
+            s.a[i] = -s.a[i];
+        }
+        s.inputs.gates.emplace("a", s.a.view());
+        s.inputs.gates.emplace("b", s.b.view());
+    }
     return s;
 }
 
 template <class L>
-void run_prefill(benchmark::State& state, L layer, bool per_key_decay) {
+void run_prefill(benchmark::State& state, L layer, bool per_key_decay, Removal removal = Removal::none) {
     const Index B = 1, T = 4096, H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
-    const Sequence s = make_sequence(B, T, H, K, V, per_key_decay);
+    const Sequence s = make_sequence(B, T, H, K, V, per_key_decay, removal);
     for (auto _ : state) {
         auto st = layer.template initial_state<float>(B);
         auto o = layer.forward(s.inputs, st);
@@ -80,6 +101,12 @@ void BM_KdaPrefillChunked(benchmark::State& state) {
 void BM_KdaPrefillRecurrent(benchmark::State& state) {
     run_prefill(state, presets::kda(prefill_options(Execution::recurrent)), true);
 }
+void BM_Rwkv7PrefillChunked(benchmark::State& state) {
+    run_prefill(state, presets::rwkv7(prefill_options(Execution::chunked)), true, Removal::rwkv7);
+}
+void BM_Rwkv7PrefillTokenLoop(benchmark::State& state) {
+    run_prefill(state, presets::rwkv7(prefill_options(Execution::recurrent)), true, Removal::rwkv7);
+}
 void BM_GatedDeltaNetPrefillChunkedTwoThreads(benchmark::State& state) {
     run_prefill(state, presets::gated_deltanet(prefill_options(Execution::chunked, 2)), false);
 }
@@ -91,6 +118,8 @@ BENCHMARK(BM_GlaPrefillRecurrent)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GlaPrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KdaPrefillRecurrent)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KdaPrefillChunked)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Rwkv7PrefillTokenLoop)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Rwkv7PrefillChunked)->Unit(benchmark::kMillisecond);
 
 /// MLP-memory prefill (H = 4, d = 64, hidden 256, mini-batches of 16, T = 4096): the matrix form of
 /// the mini-batches against the token loop, for TTT-MLP and Titans. Throughput counts 8 P flops

@@ -103,24 +103,24 @@ void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const M
     const Index K = X.cols();
     auto result = out.topLeftCorner(n, n);
     result.setZero();
-    // Y_hat[i] = Y[i] exp(G_e - G[i]) with e the last row of i's sub-block.
-    for (Index first = 0; first < n; first += block) {
-        const Index last = std::min(first + block, n) - 1;
+    // Y_hat[i] = Y[i] exp(G_e - G[i]) with e the last row of i's sub-block, for the sub-blocks
+    // that a later one reads (all but the last, so each is full).
+    for (Index first = 0; first + block < n; first += block) {
+        const Index last = first + block - 1;
         for (Index i = first; i <= last; ++i) {
             Y_hat.row(i) = Y.row(i).array() * (G.row(last) - G.row(i)).array().exp();
         }
     }
     Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> X_hat(block, K);
-    Eigen::Array<S, 1, Eigen::Dynamic> bridge(K);
+    Eigen::Array<S, 1, Eigen::Dynamic> bridge(K), decayed_row(K);
+    // step[j] = exp(G[first + j] - G[first + j - 1]), the decay of one token within the sub-block.
+    Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> step(block, K);
     for (Index first = 0; first < n; first += block) {
         const Index rows = std::min(block, n - first);
-        // X_hat[r] = X[r] exp(R[r] - G_f) with f = first - 1, the row before this sub-block.
-        for (Index r = 0; r < rows; ++r) {
-            if (first == 0) {
-                X_hat.row(r) = X.row(first + r).array() * R.row(first + r).array().exp();
-            } else {
-                X_hat.row(r) = X.row(first + r).array() * (R.row(first + r) - G.row(first - 1)).array().exp();
-            }
+        // X_hat[r] = X[r] exp(R[r] - G_f) with f = first - 1, the row before this sub-block, for the
+        // products with earlier sub-blocks.
+        for (Index r = 0; first > 0 && r < rows; ++r) {
+            X_hat.row(r) = X.row(first + r).array() * (R.row(first + r) - G.row(first - 1)).array().exp();
         }
         for (Index other = 0; other < first; other += block) {
             const Index e = other + block - 1;
@@ -128,10 +128,20 @@ void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const M
             const Mat<S> scaled = (X_hat.topRows(rows).rowwise() * bridge).matrix();
             result.block(first, other, rows, block).noalias() = scaled * Y_hat.middleRows(other, block).transpose();
         }
+        // Within the sub-block, x_r exp(R[r] - G[i]) for i = r - 1 down to `first` by the chain
+        // x_r exp(R[r] - G[i]) = x_r exp(R[r] - G[i + 1]) exp(G[i + 1] - G[i]): one exponential
+        // per row and a product per pair, every factor exp(<= 0).
+        for (Index j = first + 1; j < first + rows; ++j) step.row(j - first) = (G.row(j) - G.row(j - 1)).array().exp();
         for (Index r = first; r < first + rows; ++r) {
-            const Index stop = include_diagonal ? r : r - 1;
-            for (Index i = first; i <= stop; ++i) {
-                result(r, i) = (X.row(r).array() * Y.row(i).array() * (R.row(r) - G.row(i)).array().exp()).sum();
+            if (include_diagonal) {
+                result(r, r) = (X.row(r).array() * Y.row(r).array() * (R.row(r) - G.row(r)).array().exp()).sum();
+            }
+            if (r == first) continue;
+            decayed_row = X.row(r).array() * (R.row(r) - G.row(r - 1)).array().exp();
+            result(r, r - 1) = (decayed_row * Y.row(r - 1).array()).sum();
+            for (Index i = r - 2; i >= first; --i) {
+                decayed_row *= step.row(i + 1 - first);
+                result(r, i) = (decayed_row * Y.row(i).array()).sum();
             }
         }
     }

@@ -21,8 +21,8 @@ struct Sequence {
     Inputs<float> inputs;
 };
 
-/// Gates of the generalised delta rule beside the usual ones.
-enum class Removal { none, rwkv7 };
+/// Gates beside g and eta: RWKV-7's removal key a and direction b, or MesaNet's strength beta.
+enum class ExtraGates { none, rwkv7, mesanet };
 
 void unit_rows(Tensor<float>& x, Index K, std::mt19937& rng) {
     std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -34,10 +34,10 @@ void unit_rows(Tensor<float>& x, Index K, std::mt19937& rng) {
 }
 
 Sequence make_sequence(Index B, Index T, Index H, Index K, Index V, bool per_key_decay,
-                       Removal removal = Removal::none) {
+                       ExtraGates extra = ExtraGates::none) {
     std::mt19937 rng(7);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    const Index removal_width = removal == Removal::rwkv7 ? K : 0;
+    const Index removal_width = extra == ExtraGates::rwkv7 ? K : 0;
     Sequence s{Tensor<float>({B, T, H, K}), Tensor<float>({B, T, H, K}), Tensor<float>({B, T, H, V}),
                Tensor<float>(per_key_decay ? Shape{B, T, H, K} : Shape{B, T, H}, -0.02f),
                Tensor<float>({B, T, H}, 0.5f), Tensor<float>({B, T, H, removal_width}),
@@ -46,7 +46,7 @@ Sequence make_sequence(Index B, Index T, Index H, Index K, Index V, bool per_key
     for (auto& x : s.v.values()) x = normal(rng);
     unit_rows(s.k, K, rng);
     s.inputs = Inputs<float>{s.q.view(), s.k.view(), s.v.view(), {{"g", s.g.view()}, {"eta", s.eta.view()}}};
-    if (removal == Removal::rwkv7) {
+    if (extra == ExtraGates::rwkv7) {
         // RWKV-7: a = -kappa and b = 0.5 kappa for a unit kappa.
         unit_rows(s.a, K, rng);
         for (Index i = 0; i < s.a.size(); ++i) {
@@ -56,13 +56,14 @@ Sequence make_sequence(Index B, Index T, Index H, Index K, Index V, bool per_key
         s.inputs.gates.emplace("a", s.a.view());
         s.inputs.gates.emplace("b", s.b.view());
     }
+    if (extra == ExtraGates::mesanet) s.inputs.gates.emplace("beta", s.eta.view());
     return s;
 }
 
 template <class L>
-void run_prefill(benchmark::State& state, L layer, bool per_key_decay, Removal removal = Removal::none) {
+void run_prefill(benchmark::State& state, L layer, bool per_key_decay, ExtraGates extra = ExtraGates::none) {
     const Index B = 1, T = 4096, H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
-    const Sequence s = make_sequence(B, T, H, K, V, per_key_decay, removal);
+    const Sequence s = make_sequence(B, T, H, K, V, per_key_decay, extra);
     for (auto _ : state) {
         auto st = layer.template initial_state<float>(B);
         auto o = layer.forward(s.inputs, st);
@@ -102,10 +103,20 @@ void BM_KdaPrefillRecurrent(benchmark::State& state) {
     run_prefill(state, presets::kda(prefill_options(Execution::recurrent)), true);
 }
 void BM_Rwkv7PrefillChunked(benchmark::State& state) {
-    run_prefill(state, presets::rwkv7(prefill_options(Execution::chunked)), true, Removal::rwkv7);
+    run_prefill(state, presets::rwkv7(prefill_options(Execution::chunked)), true, ExtraGates::rwkv7);
 }
 void BM_Rwkv7PrefillTokenLoop(benchmark::State& state) {
-    run_prefill(state, presets::rwkv7(prefill_options(Execution::recurrent)), true, Removal::rwkv7);
+    run_prefill(state, presets::rwkv7(prefill_options(Execution::recurrent)), true, ExtraGates::rwkv7);
+}
+// MesaNet with 30 conjugate-gradient iterations per token; the counted 4 K V flops leave out the
+// solve, which dominates.
+void BM_MesaNetPrefillChunked(benchmark::State& state) {
+    run_prefill(state, presets::mesanet(prefill_options(Execution::chunked), {1.0}, LinearSolver::conjugate_gradient),
+                false, ExtraGates::mesanet);
+}
+void BM_MesaNetPrefillTokenLoop(benchmark::State& state) {
+    run_prefill(state, presets::mesanet(prefill_options(Execution::recurrent), {1.0}, LinearSolver::conjugate_gradient),
+                false, ExtraGates::mesanet);
 }
 void BM_GatedDeltaNetPrefillChunkedTwoThreads(benchmark::State& state) {
     run_prefill(state, presets::gated_deltanet(prefill_options(Execution::chunked, 2)), false);
@@ -120,6 +131,8 @@ BENCHMARK(BM_KdaPrefillRecurrent)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KdaPrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Rwkv7PrefillTokenLoop)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Rwkv7PrefillChunked)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MesaNetPrefillTokenLoop)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MesaNetPrefillChunked)->Unit(benchmark::kMillisecond);
 
 /// MLP-memory prefill (H = 4, d = 64, hidden 256, mini-batches of 16, T = 4096): the matrix form of
 /// the mini-batches against the token loop, for TTT-MLP and Titans. Throughput counts 8 P flops

@@ -27,7 +27,9 @@ enum class Model {
     deltaproduct_3,
     rwkv7,
     rwkv7_decay_first,
-    generalized_delta_head_decay
+    generalized_delta_head_decay,
+    mesanet,
+    mesanet_conjugate_gradient
 };
 
 const char* model_name(Model m) {
@@ -47,6 +49,8 @@ const char* model_name(Model m) {
         case Model::rwkv7: return "RWKV7";
         case Model::rwkv7_decay_first: return "RWKV7DecayThenGradient";
         case Model::generalized_delta_head_decay: return "GeneralizedDeltaHeadDecay";
+        case Model::mesanet: return "MesaNet";
+        case Model::mesanet_conjugate_gradient: return "MesaNetConjugateGradient";
     }
     return "?";
 }
@@ -125,9 +129,26 @@ void expect_modes_agree(const L& base, Index T, Index C, double tolerance) {
         inputs.gates.emplace("b", replacement.view());
     }
 
+    // Least squares: a per-head strength beta, and a start H = M M^T / K of the shape its
+    // recurrence builds.
+    constexpr bool least_squares = std::is_same_v<typename L::algorithm_type, LeastSquares>;
+    Tensor<S> strength({B, T, H});
+    for (auto& x : strength.values()) x = S(uniform(rng));
+    if constexpr (least_squares) inputs.gates.emplace("beta", strength.view());
+
     Tensor<S> initial({B, H, V, K});
     for (auto& x : initial.values()) x = S(0.3 * normal(rng));
-    const std::map<std::string, Tensor<S>> start{{"W", initial}};
+    std::map<std::string, Tensor<S>> start{{"W", initial}};
+    if constexpr (least_squares) {
+        Tensor<S> gram({B, H, K, K});
+        for (Index head = 0; head < B * H; ++head) {
+            Mat<double> M(K, K);
+            for (Index i = 0; i < K * K; ++i) M.data()[i] = normal(rng);
+            const Mat<double> product = M * M.transpose() / static_cast<double>(K);
+            for (Index i = 0; i < K * K; ++i) gram[head * K * K + i] = S(product.data()[i]);
+        }
+        start.emplace("H", gram);
+    }
     auto state_reference = reference.load_state(start);
     auto state_recurrent = recurrent.load_state(start);
     auto state_chunked = chunked.load_state(start);
@@ -145,6 +166,10 @@ void expect_modes_agree(const L& base, Index T, Index C, double tolerance) {
     const Tensor<S> w_reference = reference.save_state(state_reference).at("W");
     EXPECT_LE(max_difference(w_reference, recurrent.save_state(state_recurrent).at("W")), bound) << "fused state";
     EXPECT_LE(max_difference(w_reference, chunked.save_state(state_chunked).at("W")), bound) << "chunked state";
+    if constexpr (least_squares) {
+        const Tensor<S> h_reference = reference.save_state(state_reference).at("H");
+        EXPECT_LE(max_difference(h_reference, chunked.save_state(state_chunked).at("H")), bound) << "chunked H";
+    }
 }
 
 template <class S>
@@ -188,6 +213,15 @@ void run_case(const Case& c, double tolerance) {
                                  GeneralizedDelta{GateConfig::input(Axis::head)});
             return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
         }
+        case Model::mesanet:
+            return expect_modes_agree<S>(presets::mesanet(options, {0.7}), c.tokens, c.chunk, tolerance);
+        case Model::mesanet_conjugate_gradient: {
+            // Four iterations on eight channels: the solve stops short of convergence, so the
+            // iterates themselves are compared.
+            const auto layer = presets::mesanet(options, {0.5, 0.7, 0.9, 1.1, 0.6, 0.8, 1.0, 1.2, 0.5, 0.7, 0.9, 1.1, 0.6, 0.8, 1.0, 1.2},
+                                                LinearSolver::conjugate_gradient, 4);
+            return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
+        }
     }
 }
 
@@ -196,7 +230,7 @@ std::vector<Case> cases() {
     for (Model m : {Model::linear_attention, Model::retnet, Model::mamba2, Model::gla, Model::deltanet,
                     Model::gated_deltanet, Model::gated_deltanet_form_b, Model::kda, Model::kda_form_b, Model::comba,
                     Model::deltaproduct_2, Model::deltaproduct_3, Model::rwkv7, Model::rwkv7_decay_first,
-                    Model::generalized_delta_head_decay}) {
+                    Model::generalized_delta_head_decay, Model::mesanet, Model::mesanet_conjugate_gradient}) {
         for (Index C : {16, 32, 64}) {
             for (Index T : {Index(1), Index(2), C - 1, C, C + 1, Index(1000)}) all.push_back({m, T, C});
         }
@@ -218,6 +252,9 @@ TEST(ChunkedForm, RejectsLayersWithoutAnExactChunkedForm) {
     LayerOptions options{.heads = 1, .key_dim = 4, .value_dim = 4};
     options.execution = Execution::chunked;
     EXPECT_THROW(presets::longhorn(options), ConfigError);
+    options.read = ReadTiming::before_write;
+    EXPECT_THROW(presets::gated_deltanet(options), ConfigError);
+    EXPECT_THROW(presets::rwkv7(options), ConfigError);
     EXPECT_THROW(presets::mesanet(options), ConfigError);
 }
 
@@ -231,7 +268,8 @@ TEST(ChunkedForm, AutomaticPicksChunkedOnlyWhereExact) {
     EXPECT_TRUE(presets::deltaproduct(options, 2).runs_chunked(64));
     EXPECT_TRUE(presets::rwkv7(options).runs_chunked(64));
     EXPECT_FALSE(presets::rwkv7(options).runs_chunked(15));
-    EXPECT_FALSE(presets::mesanet(options).runs_chunked(64));
+    EXPECT_TRUE(presets::mesanet(options).runs_chunked(64));
+    EXPECT_FALSE(presets::longhorn(options).runs_chunked(64));
 }
 
 }  // namespace

@@ -71,6 +71,15 @@ TEST(Threads, MesaNetIsBitwiseInvariant) {
     expect_thread_count_invariant(presets::mesanet(options), Execution::automatic, 30);
 }
 
+TEST(Threads, MesaNetChunkedConjugateGradientIsBitwiseInvariant) {
+    expect_thread_count_invariant(presets::mesanet(options, {1.0}, LinearSolver::conjugate_gradient, 5),
+                                  Execution::chunked, 40);
+}
+
+TEST(Threads, Rwkv7ChunkedIsBitwiseInvariant) {
+    expect_thread_count_invariant(presets::rwkv7(options), Execution::chunked, 50);
+}
+
 TEST(Threads, TitansIsBitwiseInvariant) {
     LayerOptions square = options;
     square.value_dim = square.key_dim;

@@ -19,6 +19,7 @@
 #include "miras/core/parallel.hpp"
 #include "miras/layer/chunked.hpp"
 #include "miras/layer/chunked_dplr.hpp"
+#include "miras/layer/chunked_mesa.hpp"
 #include "miras/layer/fused.hpp"
 #include "miras/layer/options.hpp"
 #include "miras/layer/inputs.hpp"
@@ -103,9 +104,11 @@ public:
         dims_.steps_per_token = options_.steps_per_token;
         if (options_.execution == Execution::chunked && !has_chunked_form()) {
             throw ConfigError(std::string("the chunked form needs a matrix memory with identity features, reads after "
-                                          "the write, no retention or a decay per head or per key channel, and either "
-                                          "one gradient step per token with a per-head rate and the l2 or dot-product "
-                                          "bias, or the generalised delta rule with a per-head rate; this layer has ") +
+                                          "the write, and one of: a gradient step with a per-head rate, the l2 or "
+                                          "dot-product bias and no retention or a decay per head or key channel; the "
+                                          "generalised delta rule with a per-head rate, the same retentions and one "
+                                          "write per token; least squares with a per-head decay and one write per "
+                                          "token; this layer has ") +
                               Memory::name + "/" + Bias::name + "/" + Retention::name + "/" + Algorithm::name);
         }
         memory_.validate(dims_);
@@ -148,7 +151,9 @@ public:
     }
 
     /// Returns whether the layer has an exact chunked form with its options.
-    bool has_chunked_form() const { return detail::chunkable(*this) || detail::dplr_chunkable(*this); }
+    bool has_chunked_form() const {
+        return detail::chunkable(*this) || detail::dplr_chunkable(*this) || detail::mesa_chunkable(*this);
+    }
 
     /// Lists every gate the layer reads: the retention's, the algorithm's, then the bias's.
     std::vector<GateSpec> gates() const {
@@ -341,6 +346,16 @@ private:
                     auto& W = state.heads[static_cast<std::size_t>(task)].memory;
                     detail::forward_head_chunked_dplr(*this, inputs, gates.retention, gates.algorithm, task / H,
                                                       task % H, T, W, output);
+                });
+                return;
+            }
+        }
+        if constexpr (detail::mesa_types_v<Memory, Retention, Algorithm>) {
+            if (options_.execution != Execution::reference && runs_chunked(T)) {
+                parallel_for(B * H, options_.threads, [&](Index task) {
+                    detail::forward_head_chunked_mesa(*this, inputs, gates.retention, gates.algorithm, task / H,
+                                                      task % H, T, state.heads[static_cast<std::size_t>(task)],
+                                                      output);
                 });
                 return;
             }

@@ -1,0 +1,204 @@
+// Chunked execution of exact ridge least squares (MesaNet; the recurrences of least_squares.hpp,
+// in the chunked arrangement of flash-linear-attention's `chunk_mesa_net`). With per-head
+// cumulative log-decays G_r = g_1 + ... + g_r within a chunk, strengths beta and start states
+// W_0 ([V, D]) and H_0 ([D, D]):
+//   H_r = exp(G_r) H_0 + sum_{i<=r} exp(G_r - G_i) beta_i k_i k_i^T
+//   W_r = exp(G_r) W_0 + sum_{i<=r} exp(G_r - G_i) beta_i v_i k_i^T
+// Each token reads o_r = W_r s_r with s_r = (H_r + diag(lambda))^{-1} q_r. Given the solutions S
+// (rows s_r), the outputs are decayed linear attention with S as queries:
+//   O = diag(exp(G)) S W_0^T + (tril(exp(G_r - G_i)) * S K^T) diag(beta) V
+// and the chunk's end states are
+//   W_C = exp(G_C) W_0 + V^T diag(beta exp(G_C - G)) K,  H_C = exp(G_C) H_0 + K^T diag(beta exp(G_C - G)) K.
+// The solutions:
+// - exact (Cholesky): H_r is formed token by token from H_0 as the recurrence does, since each
+//   factorisation needs the matrix;
+// - conjugate gradient: every token of the chunk iterates at once, and the products H_r x_r of a
+//   block X of iterates are matrix products, H X = diag(exp(G)) X H_0 + (tril(exp(G_r - G_i)) *
+//   X K^T) diag(beta) K, so H_r is never formed. Each token keeps its own step sizes and stops
+//   under the conditions of the token loop's solver.
+// Every exponent is G_r - G_i with i <= r, or a single G_r, so it is <= 0.
+#pragma once
+
+#include <type_traits>
+#include <vector>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+
+#include "miras/algorithm/least_squares.hpp"
+#include "miras/layer/chunked.hpp"
+#include "miras/layer/options.hpp"
+#include "miras/memory/matrix.hpp"
+#include "miras/retention/decay.hpp"
+
+namespace miras {
+
+namespace detail {
+
+template <class Memory, class Retention, class Algorithm>
+inline constexpr bool mesa_types_v = std::is_same_v<Memory, MatrixMemory> &&
+                                     std::is_same_v<Algorithm, LeastSquares> &&
+                                     std::is_same_v<Retention, DecayRetention>;
+
+/// Whether a least-squares layer can run chunked with its run-time options.
+template <class L>
+bool mesa_chunkable(const L& layer) {
+    if constexpr (!mesa_types_v<typename L::memory_type, typename L::retention_type, typename L::algorithm_type>) {
+        return false;
+    } else {
+        return layer.options().read == ReadTiming::after_write &&
+               layer.memory().features.kind == FeatureKind::identity && layer.dims().steps_per_token == 1 &&
+               layer.retention().gate.axis == Axis::head;
+    }
+}
+
+/// Conjugate gradient for the n tokens of a chunk at once: row r of Z solves (H_r + diag(lambda))
+/// z = q_r, with the starting guess, iteration count and stopping rules of
+/// LeastSquares::conjugate_gradient. `apply` sets its second argument to the products of the
+/// systems' matrices with the rows of its first.
+template <class S, class Apply>
+void conjugate_gradient_rows(const LeastSquares& solver, const Mat<S>& Q, const Mat<S>& diagonal, Index n,
+                             const Apply& apply, Mat<S>& Z) {
+    const Index D = Q.cols();
+    Mat<S> residual(n, D), direction(n, D), product(n, D);
+    std::vector<S> rho(static_cast<std::size_t>(n));
+    std::vector<char> active(static_cast<std::size_t>(n), 1);
+    Z.topRows(n) = Q.topRows(n).cwiseQuotient(diagonal.topRows(n));
+    apply(Z.topRows(n), product);
+    residual = Q.topRows(n) - product;
+    direction = residual;
+    for (Index r = 0; r < n; ++r) rho[static_cast<std::size_t>(r)] = residual.row(r).squaredNorm();
+    for (int iteration = 0; iteration < solver.cg_iterations; ++iteration) {
+        bool any = false;
+        for (Index r = 0; r < n; ++r) {
+            if (value_of(rho[static_cast<std::size_t>(r)]) == 0.0) active[static_cast<std::size_t>(r)] = 0;
+            any = any || active[static_cast<std::size_t>(r)];
+        }
+        if (!any) break;
+        apply(direction, product);
+        for (Index r = 0; r < n; ++r) {
+            const auto i = static_cast<std::size_t>(r);
+            if (!active[i]) continue;
+            const S curvature = direction.row(r).dot(product.row(r));
+            // As in the token loop: a converged float solve can leave a curvature that underflows to 0.
+            if (!(value_of(curvature) > 0.0)) {
+                active[i] = 0;
+                continue;
+            }
+            const S alpha = rho[i] / curvature;
+            Z.row(r) += alpha * direction.row(r);
+            residual.row(r) -= alpha * product.row(r);
+            const S next = residual.row(r).squaredNorm();
+            direction.row(r) = residual.row(r) + (next / rho[i]) * direction.row(r);
+            rho[i] = next;
+        }
+    }
+}
+
+/// Runs one (b, h) sequence of least squares chunk by chunk; W and H of `head` are updated in place.
+template <class S, class L, class RetentionBound, class AlgorithmBound, class Head>
+void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
+                               const AlgorithmBound& algorithm_gates, Index b, Index h, Index T, Head& head,
+                               S* output) {
+    const LeastSquares& solver = layer.algorithm();
+    const Index H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
+    const Index C = layer.options().chunk_size;
+    const S scale = S(layer.query_scale());
+    Mat<S>& W = head.memory;
+    Mat<S>& Hs = head.algorithm.H;
+
+    Mat<S> Q(C, K), Kc(C, K), Vc(C, V), Z(C, K), mask(C, C), P(C, C), weighted(C, K), stacked(C, K),
+        O(C, V), diagonal(C, K);
+    Vec<S> G(C), g(C), beta(C), lambda(K);
+    {
+        const GateValues<S> ridge = algorithm_gates.lambda.at(b, 0, h);
+        for (Index c = 0; c < K; ++c) lambda[c] = ridge[c];
+    }
+    Mat<S> running = solver.solver == LinearSolver::exact ? Mat<S>(K, K) : Mat<S>();
+    Mat<S> system = solver.solver == LinearSolver::exact ? Mat<S>(K, K) : Mat<S>();
+    Vec<S> solution;
+
+    for (Index start = 0; start < T; start += C) {
+        const Index n = std::min(C, T - start);
+        for (Index r = 0; r < n; ++r) {
+            const Index t = start + r;
+            const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
+            const S* k = inputs.k.data() + ((b * T + t) * H + h) * K;
+            const S* v = inputs.v.data() + ((b * T + t) * H + h) * V;
+            for (Index c = 0; c < K; ++c) Q(r, c) = q[c] * scale;
+            for (Index c = 0; c < K; ++c) Kc(r, c) = k[c];
+            for (Index c = 0; c < V; ++c) Vc(r, c) = v[c];
+            beta[r] = algorithm_gates.beta.at(b, t, h)[0];
+            g[r] = layer.retention().log_decay(retention_gates, b, t, h)[0];
+            G[r] = (r == 0 ? S(0) : G[r - 1]) + g[r];
+        }
+        auto Kn = Kc.topRows(n);
+        // mask[r, i] = exp(G_r - G_i) for i <= r; `weighted` = diag(beta) K.
+        decay_mask(G, G, n, /*include_diagonal=*/true, mask);
+        auto weighted_n = weighted.topRows(n);
+        weighted_n.noalias() = beta.head(n).asDiagonal() * Kn;
+
+        if (solver.solver == LinearSolver::exact) {
+            // H_r token by token from H_0, in the token loop's order: decay, then the rank-one write.
+            running = Hs;
+            for (Index r = 0; r < n; ++r) {
+                running *= math::exp(g[r]);
+                running.noalias() += weighted.row(r).transpose() * Kc.row(r);
+                system = running;
+                system.diagonal() += lambda;
+                solution = system.llt().solve(Q.row(r).transpose());
+                Z.row(r) = solution.transpose();
+            }
+        } else {
+            // diag(H_r) = exp(G_r) diag(H_0) + sum_{i<=r} exp(G_r - G_i) beta_i k_i^2, plus lambda.
+            auto diagonal_n = diagonal.topRows(n);
+            diagonal_n.noalias() = mask.topLeftCorner(n, n) * (weighted_n.array() * Kn.array()).matrix();
+            for (Index r = 0; r < n; ++r) {
+                diagonal_n.row(r) += math::exp(G[r]) * Hs.diagonal().transpose() + lambda.transpose();
+            }
+            const auto apply = [&](const auto& X, Mat<S>& out) {
+                auto out_n = out.topRows(n);
+                auto Pn = P.topLeftCorner(n, n);
+                // Row r: (H_0 x_r)^T exp(G_r).
+                out_n.noalias() = X.topRows(n) * Hs.transpose();
+                for (Index r = 0; r < n; ++r) out_n.row(r) *= math::exp(G[r]);
+                Pn.noalias() = X.topRows(n) * Kn.transpose();
+                Pn.array() *= mask.topLeftCorner(n, n).array();
+                out_n.noalias() += Pn * weighted_n;
+                out_n += (X.topRows(n).array().rowwise() * lambda.transpose().array()).matrix();
+            };
+            conjugate_gradient_rows(solver, Q, diagonal, n, apply, Z);
+        }
+
+        // O = diag(exp(G)) Z W_0^T + (mask * Z K^T) diag(beta) V.
+        auto Zn = Z.topRows(n);
+        auto stacked_n = stacked.topRows(n);
+        for (Index r = 0; r < n; ++r) stacked_n.row(r) = math::exp(G[r]) * Zn.row(r);
+        auto On = O.topRows(n);
+        On.noalias() = stacked_n * W.transpose();
+        auto Pn = P.topLeftCorner(n, n);
+        Pn.noalias() = Zn * Kn.transpose();
+        Pn.array() *= mask.topLeftCorner(n, n).array();
+        Pn = Pn * beta.head(n).asDiagonal();
+        On.noalias() += Pn * Vc.topRows(n);
+        for (Index r = 0; r < n; ++r) {
+            S* o = output + ((b * T + start + r) * H + h) * V;
+            for (Index c = 0; c < V; ++c) o[c] = On(r, c);
+        }
+
+        // End states; `stacked` becomes diag(beta exp(G_C - G)) K.
+        const S last = G[n - 1];
+        for (Index r = 0; r < n; ++r) stacked_n.row(r) = (beta[r] * math::exp(last - G[r])) * Kn.row(r);
+        W *= math::exp(last);
+        W.noalias() += Vc.topRows(n).transpose() * stacked_n;
+        if (solver.solver == LinearSolver::exact) {
+            Hs = running;
+        } else {
+            Hs *= math::exp(last);
+            Hs.noalias() += Kn.transpose() * stacked_n;
+        }
+    }
+}
+
+}  // namespace detail
+}  // namespace miras

@@ -1,5 +1,5 @@
-// Chunked execution of the generalised delta rule (RWKV-7's diagonal-plus-low-rank recurrence,
-// flash-linear-attention's `chunk_dplr` in this project's orientation). Per token
+// Chunked execution of the generalised delta rule: RWKV-7's diagonal-plus-low-rank recurrence, as
+// flash-linear-attention's `chunk_dplr_delta_rule` computes it, in this project's orientation. Per token
 //   W_r = W_{r-1} diag(exp(g_r)) + y_r b_r^T + eta_r v_r k_r^T,   y_r = W_p a_r,
 // with W_p = W_{r-1} (gradient_then_decay, RWKV-7) or W_{r-1} diag(exp(g_r)) (decay_then_gradient).
 // Within a chunk with start state W_0, cumulative log-decays G_r = g_1 + ... + g_r per key channel

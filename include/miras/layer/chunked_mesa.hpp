@@ -1,5 +1,5 @@
-// Chunked execution of exact ridge least squares (MesaNet; the recurrences of least_squares.hpp,
-// in the chunked arrangement of flash-linear-attention's `chunk_mesa_net`). With per-head
+// Chunked execution of ridge least squares (MesaNet, the recurrences of least_squares.hpp; the
+// conjugate-gradient form is also how flash-linear-attention's `chunk_mesa_net` runs). With per-head
 // cumulative log-decays G_r = g_1 + ... + g_r within a chunk, strengths beta and start states
 // W_0 ([V, D]) and H_0 ([D, D]):
 //   H_r = exp(G_r) H_0 + sum_{i<=r} exp(G_r - G_i) beta_i k_i k_i^T

@@ -87,9 +87,12 @@ bool all_in_range(const S* data, Index size, Range range) {
         if (range == Range::log_gate) high = S(0);
         if (range == Range::nonnegative) low = S(0);
         if (range == Range::positive) low = std::numeric_limits<S>::denorm_min();
-        bool outside = false;
-        for (Index i = 0; i < size; ++i) outside |= !((data[i] >= low) & (data[i] <= high));
-        return !outside;
+        // Integer flags rather than bool, so that the compiler vectorises the loop.
+        unsigned outside = 0;
+        for (Index i = 0; i < size; ++i) {
+            outside |= static_cast<unsigned>(!(data[i] >= low)) | static_cast<unsigned>(!(data[i] <= high));
+        }
+        return outside == 0;
     } else {
         for (Index i = 0; i < size; ++i) {
             if (!in_range(value_of(data[i]), range)) return false;

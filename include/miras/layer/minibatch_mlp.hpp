@@ -26,6 +26,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <unsupported/Eigen/SpecialFunctions>
+
 #include "miras/algorithm/context.hpp"
 #include "miras/algorithm/minibatch_gd.hpp"
 #include "miras/algorithm/momentum.hpp"
@@ -66,7 +68,8 @@ bool minibatch_mlp_exact(const L& layer) {
 
 /// Applies the activation to every entry of z into `value` and, when given, its derivative into
 /// `derivative`. For float and double the formulas of activation.hpp run on whole arrays, with
-/// Eigen's vectorised tanh and exp, and one tanh (or erf) serves both the value and the derivative.
+/// Eigen's vectorised tanh, exp and erf (in double Eigen's erf calls std::erf), and one tanh (or
+/// erf) serves both the value and the derivative.
 template <class S>
 void activate_all(Activation activation, const Mat<S>& z, Mat<S>& value, Mat<S>* derivative) {
     if constexpr (std::is_floating_point_v<S>) {
@@ -97,7 +100,7 @@ void activate_all(Activation activation, const Mat<S>& z, Mat<S>& value, Mat<S>*
             }
             case Activation::gelu: {
                 const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> cdf =
-                    S(0.5) * (S(1) + (x * S(1.0 / std::numbers::sqrt2)).unaryExpr([](S v) { return std::erf(v); }));
+                    S(0.5) * (S(1) + (x * S(1.0 / std::numbers::sqrt2)).erf());
                 value = (x * cdf).matrix();
                 if (derivative) {
                     *derivative = (cdf + x * (S(-0.5) * x * x).exp() * S(1.0 / std::sqrt(2.0 * std::numbers::pi))).matrix();

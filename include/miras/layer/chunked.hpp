@@ -53,6 +53,31 @@ inline constexpr bool chunkable_types_v =
     (std::is_same_v<Bias, L2Bias> || std::is_same_v<Bias, DotProductBias>) &&
     (std::is_same_v<Retention, NoRetention> || std::is_same_v<Retention, DecayRetention>);
 
+/// Whether the options of a matrix memory allow a chunked form that takes one write per token:
+/// identity features, the read after the write and one pair per token.
+template <class L>
+bool reads_after_one_write(const L& layer) {
+    return layer.options().read == ReadTiming::after_write &&
+           layer.memory().features.kind == FeatureKind::identity && layer.dims().steps_per_token == 1;
+}
+
+/// Copies the rows of tokens [start, start + n) of sequence b and head h into Q (times `scale`),
+/// Kc and Vc, for the chunked forms that take one write per token.
+template <class S>
+void load_chunk(const Inputs<S>& inputs, Index b, Index h, Index H, Index T, Index start, Index n, S scale,
+                Mat<S>& Q, Mat<S>& Kc, Mat<S>& Vc) {
+    const Index K = Q.cols(), V = Vc.cols();
+    for (Index r = 0; r < n; ++r) {
+        const Index row = (b * T + start + r) * H + h;
+        const S* q = inputs.q.data() + row * K;
+        const S* k = inputs.k.data() + row * K;
+        const S* v = inputs.v.data() + row * V;
+        for (Index c = 0; c < K; ++c) Q(r, c) = q[c] * scale;
+        for (Index c = 0; c < K; ++c) Kc(r, c) = k[c];
+        for (Index c = 0; c < V; ++c) Vc(r, c) = v[c];
+    }
+}
+
 /// Whether a layer of chunkable types can run chunked with its run-time options.
 template <class L>
 bool chunkable(const L& layer) {

@@ -42,9 +42,7 @@ bool dplr_chunkable(const L& layer) {
     if constexpr (!dplr_types_v<typename L::memory_type, typename L::retention_type, typename L::algorithm_type>) {
         return false;
     } else {
-        return layer.options().read == ReadTiming::after_write &&
-               layer.memory().features.kind == FeatureKind::identity && layer.dims().steps_per_token == 1 &&
-               layer.algorithm().rate.axis == Axis::head;
+        return reads_after_one_write(layer) && layer.algorithm().rate.axis == Axis::head;
     }
 }
 
@@ -66,25 +64,20 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
 
     for (Index start = 0; start < T; start += C) {
         const Index n = std::min(C, T - start);
+        load_chunk(inputs, b, h, H, T, start, n, scale, Q, Kc, Vc);
         for (Index r = 0; r < n; ++r) {
             const Index t = start + r;
-            const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
-            const S* k = inputs.k.data() + ((b * T + t) * H + h) * K;
-            const S* v = inputs.v.data() + ((b * T + t) * H + h) * V;
             const GateValues<S> a = algorithm_gates.a.at(b, t, h);
             const GateValues<S> beta = algorithm_gates.b.at(b, t, h);
-            const S eta = algorithm_gates.eta.at(b, t, h)[0];
             const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
             for (Index c = 0; c < K; ++c) {
-                Q(r, c) = q[c] * scale;
-                Kc(r, c) = k[c];
                 Ac(r, c) = a[c];
                 Bc(r, c) = beta[c];
                 const S previous = r == 0 ? S(0) : G(r - 1, c);
                 G(r, c) = previous + g[c];
                 E(r, c) = gradient_first ? previous : G(r, c);
             }
-            for (Index c = 0; c < V; ++c) Vc(r, c) = eta * v[c];
+            Vc.row(r) *= algorithm_gates.eta.at(b, t, h)[0];
         }
         auto Vn = Vc.topRows(n);
         auto Yn = Y.topRows(n);

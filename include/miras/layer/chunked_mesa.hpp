@@ -46,9 +46,7 @@ bool mesa_chunkable(const L& layer) {
     if constexpr (!mesa_types_v<typename L::memory_type, typename L::retention_type, typename L::algorithm_type>) {
         return false;
     } else {
-        return layer.options().read == ReadTiming::after_write &&
-               layer.memory().features.kind == FeatureKind::identity && layer.dims().steps_per_token == 1 &&
-               layer.retention().gate.axis == Axis::head;
+        return reads_after_one_write(layer) && layer.retention().gate.axis == Axis::head;
     }
 }
 
@@ -120,14 +118,9 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
 
     for (Index start = 0; start < T; start += C) {
         const Index n = std::min(C, T - start);
+        load_chunk(inputs, b, h, H, T, start, n, scale, Q, Kc, Vc);
         for (Index r = 0; r < n; ++r) {
             const Index t = start + r;
-            const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
-            const S* k = inputs.k.data() + ((b * T + t) * H + h) * K;
-            const S* v = inputs.v.data() + ((b * T + t) * H + h) * V;
-            for (Index c = 0; c < K; ++c) Q(r, c) = q[c] * scale;
-            for (Index c = 0; c < K; ++c) Kc(r, c) = k[c];
-            for (Index c = 0; c < V; ++c) Vc(r, c) = v[c];
             beta[r] = algorithm_gates.beta.at(b, t, h)[0];
             g[r] = layer.retention().log_decay(retention_gates, b, t, h)[0];
             G[r] = (r == 0 ? S(0) : G[r - 1]) + g[r];

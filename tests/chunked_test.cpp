@@ -28,6 +28,7 @@ enum class Model {
     rwkv7,
     rwkv7_decay_first,
     generalized_delta_head_decay,
+    generalized_delta_no_retention,
     mesanet,
     mesanet_conjugate_gradient
 };
@@ -49,6 +50,7 @@ const char* model_name(Model m) {
         case Model::rwkv7: return "RWKV7";
         case Model::rwkv7_decay_first: return "RWKV7DecayThenGradient";
         case Model::generalized_delta_head_decay: return "GeneralizedDeltaHeadDecay";
+        case Model::generalized_delta_no_retention: return "GeneralizedDeltaNoRetention";
         case Model::mesanet: return "MesaNet";
         case Model::mesanet_conjugate_gradient: return "MesaNetConjugateGradient";
     }
@@ -116,8 +118,8 @@ void expect_modes_agree(const L& base, Index T, Index C, double tolerance) {
     for (auto& x : eta.values()) x = S(uniform(rng));
     Inputs<S> inputs{q.view(), k.view(), v.view(), {{"g", g.view()}, {"eta", eta.view()}}};
     if (read_key) inputs.gates.emplace("p", p.view());
-    // RWKV-7's removal key a = -kappa and replacement direction b = kappa * rate, kappa of unit
-    // norm and the rate in [0, 1] per channel, so the transition diag(exp(g)) + a b^T contracts.
+    // RWKV-7's removal key a = -kappa and replacement direction b = kappa * rate, with kappa of unit
+    // norm and the rate in [0, 1] per channel.
     Tensor<S> a({B, T, H, dplr ? K : 0}), replacement({B, T, H, dplr ? K : 0});
     if constexpr (dplr) {
         unit_rows(a);
@@ -213,6 +215,12 @@ void run_case(const Case& c, double tolerance) {
                                  GeneralizedDelta{GateConfig::input(Axis::head)});
             return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
         }
+        case Model::generalized_delta_no_retention: {
+            // No decay, and a fixed rate with one value per head.
+            Layer<MatrixMemory, L2Bias, NoRetention, GeneralizedDelta> layer(options, {}, {}, {},
+                                                                             GeneralizedDelta{GateConfig::per_head({0.5, 0.8})});
+            return expect_modes_agree<S>(layer, c.tokens, c.chunk, tolerance);
+        }
         case Model::mesanet:
             return expect_modes_agree<S>(presets::mesanet(options, {0.7}), c.tokens, c.chunk, tolerance);
         case Model::mesanet_conjugate_gradient: {
@@ -230,7 +238,8 @@ std::vector<Case> cases() {
     for (Model m : {Model::linear_attention, Model::retnet, Model::mamba2, Model::gla, Model::deltanet,
                     Model::gated_deltanet, Model::gated_deltanet_form_b, Model::kda, Model::kda_form_b, Model::comba,
                     Model::deltaproduct_2, Model::deltaproduct_3, Model::rwkv7, Model::rwkv7_decay_first,
-                    Model::generalized_delta_head_decay, Model::mesanet, Model::mesanet_conjugate_gradient}) {
+                    Model::generalized_delta_head_decay, Model::generalized_delta_no_retention, Model::mesanet,
+                    Model::mesanet_conjugate_gradient}) {
         for (Index C : {16, 32, 64}) {
             for (Index T : {Index(1), Index(2), C - 1, C, C + 1, Index(1000)}) all.push_back({m, T, C});
         }
@@ -256,6 +265,29 @@ TEST(ChunkedForm, RejectsLayersWithoutAnExactChunkedForm) {
     EXPECT_THROW(presets::gated_deltanet(options), ConfigError);
     EXPECT_THROW(presets::rwkv7(options), ConfigError);
     EXPECT_THROW(presets::mesanet(options), ConfigError);
+}
+
+TEST(ChunkedForm, RejectsRwkv7WithValueChannelDecay) {
+    LayerOptions options{.heads = 1, .key_dim = 4, .value_dim = 6};
+    const DecayRetention per_value{GateConfig::input(Axis::value), Placement::gradient_then_decay};
+    EXPECT_FALSE(presets::Rwkv7(options, {}, {}, per_value, GeneralizedDelta{}).runs_chunked(64));
+    options.execution = Execution::chunked;
+    EXPECT_THROW(presets::Rwkv7(options, {}, {}, per_value, GeneralizedDelta{}), ConfigError);
+}
+
+TEST(ChunkedForm, RejectionNamesTheLayerSettings) {
+    LayerOptions options{.heads = 1, .key_dim = 4, .value_dim = 4};
+    options.execution = Execution::chunked;
+    options.read = ReadTiming::before_write;
+    try {
+        presets::rwkv7(options);
+        FAIL() << "no ConfigError";
+    } catch (const ConfigError& e) {
+        const std::string message = e.what();
+        EXPECT_NE(message.find("read before the write"), std::string::npos) << message;
+        EXPECT_NE(message.find("decay per key"), std::string::npos) << message;
+        EXPECT_NE(message.find("generalized_delta"), std::string::npos) << message;
+    }
 }
 
 TEST(ChunkedForm, AutomaticPicksChunkedOnlyWhereExact) {

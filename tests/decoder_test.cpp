@@ -164,6 +164,17 @@ TEST(Decoder, OtherLayersMatchReference) {
     expect_decoder_matches_reference<float>(presets::rwkv7(odd), 30, 2e-5);
 }
 
+TEST(Decoder, ChunkedStepsMatchReference) {
+    // Execution 'chunked' runs the chunked form on every one-token step.
+    LayerOptions chunked = odd;
+    chunked.execution = Execution::chunked;
+    expect_decoder_matches_reference<double>(presets::gated_deltanet(chunked), 20, 1e-12);
+    expect_decoder_matches_reference<double>(presets::rwkv7(chunked), 20, 1e-12);
+    expect_decoder_matches_reference<double>(presets::mesanet(chunked, {0.7}), 20, 1e-10);
+    expect_decoder_matches_reference<double>(
+        presets::mesanet(chunked, {0.7}, LinearSolver::conjugate_gradient, 5), 20, 1e-10);
+}
+
 /// Steps a decoder `steps` times after one warm-up step and returns the allocations of those steps.
 template <class L>
 long allocations_per_steps(const L& layer, Index steps) {

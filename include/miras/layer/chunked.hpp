@@ -24,7 +24,9 @@
 // in sub-blocks of 16 tokens, as the secondary chunking of flash-linear-attention's GLA kernels
 // does: across sub-blocks through the last row G_e of the earlier block and the row G_f before the
 // later one, x_r exp(E_r - G_f) . (exp(G_f - G_e) y_i exp(G_e - G_i)), each exponent <= 0 because
-// i <= e <= f < r; within a sub-block one exponential per term.
+// i <= e <= f < r. Within a sub-block, row r exponentiates only its terms with i = r and
+// i = r - 1, and the chain exp(E_r - G_i) = exp(E_r - G_{i+1}) exp(G_{i+1} - G_i) gives the others,
+// every factor exp(<= 0).
 //
 // DeltaProduct, which writes n pairs per token, runs the same form over the sequence of pairs:
 // the token's decay enters at its first pair, and its query reads after its last.

@@ -10,7 +10,8 @@
 //   (I - L_ab) Y = (A * exp(E)) W_0^T + L_ak diag(eta) V
 // with the strictly lower L_ab[r, i] = (a_r . b_i)_E and L_ak[r, i] = (a_r . k_i)_E: the WY form of
 // the delta rule with a second pair (y_i, b_i) written beside (eta_i v_i, k_i). Then
-//   O = (Q * exp(G)) W_0^T + P_qb Y + P_qk diag(eta) V          (products with the diagonal)
+//   O = (Q * exp(G)) W_0^T + P_qb Y + P_qk diag(eta) V
+// with the lower triangular P_qb[r, i] = (q_r . b_i)_G and P_qk[r, i] = (q_r . k_i)_G, i <= r.
 //   W_C = W_0 diag(exp(G_C)) + Y^T (B * exp(G_C - G)) + V^T diag(eta) (K * exp(G_C - G)).
 // decayed_products (chunked.hpp) forms every decayed product with exponents <= 0. With a per-head
 // decay or none, each row of G repeats the head's value across the K channels.
@@ -42,6 +43,10 @@ bool dplr_chunkable(const L& layer) {
     if constexpr (!dplr_types_v<typename L::memory_type, typename L::retention_type, typename L::algorithm_type>) {
         return false;
     } else {
+        if constexpr (std::is_same_v<typename L::retention_type, DecayRetention>) {
+            const Axis axis = layer.retention().gate.axis;
+            if (axis != Axis::head && axis != Axis::key) return false;
+        }
         return reads_after_one_write(layer) && layer.algorithm().rate.axis == Axis::head;
     }
 }

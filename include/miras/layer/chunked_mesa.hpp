@@ -13,7 +13,7 @@
 // - exact (Cholesky): H_r is formed token by token from H_0 as the recurrence does, since each
 //   factorisation needs the matrix;
 // - conjugate gradient: every token of the chunk iterates at once, and the products H_r x_r of a
-//   block X of iterates are matrix products, H X = diag(exp(G)) X H_0 + (tril(exp(G_r - G_i)) *
+//   block X of iterates are matrix products, H X = diag(exp(G)) X H_0^T + (tril(exp(G_r - G_i)) *
 //   X K^T) diag(beta) K, so H_r is never formed. Each token keeps its own step sizes and stops
 //   under the conditions of the token loop's solver.
 // Every exponent is G_r - G_i with i <= r, or a single G_r, so it is <= 0.

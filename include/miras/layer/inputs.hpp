@@ -76,21 +76,22 @@ bool all_finite(const S* data, Index size) {
     }
 }
 
-/// Returns whether every value is finite and in `range`, as in_range decides for each; a
-/// branch-free pass for float and double.
+/// Returns whether every value is finite and in `range`, as in_range decides for each value. For
+/// float and double this is one branch-free pass.
 template <class S>
 bool all_in_range(const S* data, Index size, Range range) {
     if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
         if (range == Range::any) return all_finite(data, size);
-        // NaN fails both comparisons and the infinities lie outside [low, high].
+        // NaN fails every comparison, and the infinities lie outside [low, high].
         S low = std::numeric_limits<S>::lowest(), high = std::numeric_limits<S>::max();
         if (range == Range::log_gate) high = S(0);
-        if (range == Range::nonnegative) low = S(0);
-        if (range == Range::positive) low = std::numeric_limits<S>::denorm_min();
+        if (range == Range::nonnegative || range == Range::positive) low = S(0);
+        const bool strict = range == Range::positive;
         // Integer flags rather than bool, so that the compiler vectorises the loop.
         unsigned outside = 0;
         for (Index i = 0; i < size; ++i) {
-            outside |= static_cast<unsigned>(!(data[i] >= low)) | static_cast<unsigned>(!(data[i] <= high));
+            outside |= static_cast<unsigned>(!(data[i] >= low)) | static_cast<unsigned>(!(data[i] <= high)) |
+                       static_cast<unsigned>(strict & (data[i] == S(0)));
         }
         return outside == 0;
     } else {

@@ -25,6 +25,7 @@
 #include "miras/layer/inputs.hpp"
 #include "miras/layer/minibatch_mlp.hpp"
 #include "miras/layer/traits.hpp"
+#include "miras/memory/feature_map.hpp"
 #include "miras/memory/state_io.hpp"
 
 namespace miras {
@@ -103,13 +104,14 @@ public:
         dims_.key_features = memory_.feature_dim(options_.key_dim);
         dims_.steps_per_token = options_.steps_per_token;
         if (options_.execution == Execution::chunked && !has_chunked_form()) {
-            throw ConfigError(std::string("the chunked form needs a matrix memory with identity features, reads after "
-                                          "the write, and one of: a gradient step with a per-head rate, the l2 or "
-                                          "dot-product bias and no retention or a decay per head or key channel; the "
-                                          "generalised delta rule with a per-head rate, the same retentions and one "
-                                          "write per token; least squares with a per-head decay and one write per "
-                                          "token; this layer has ") +
-                              Memory::name + "/" + Bias::name + "/" + Retention::name + "/" + Algorithm::name);
+            throw ConfigError("execution 'chunked' is invalid for this layer (" + chunked_form_settings() +
+                              "). A chunked form needs the matrix memory, identity features and the read after the "
+                              "write, with a gradient step, the generalised delta rule or least squares. A gradient "
+                              "step needs the l2 bias without subtract_key or the dot-product bias, and a rate per "
+                              "head. The generalised delta rule needs a rate per head and steps_per_token 1. Least "
+                              "squares needs steps_per_token 1. The retention must be none or a decay per head or key "
+                              "channel, and per head for least squares. Use execution 'automatic' or 'recurrent' for "
+                              "this layer.");
         }
         memory_.validate(dims_);
         if constexpr (requires { algorithm_.validate(); }) algorithm_.validate();
@@ -148,6 +150,24 @@ public:
             case Execution::automatic: return T >= options_.chunk_size && has_chunked_form();
         }
         return false;
+    }
+
+    /// Returns the settings that decide whether the layer has a chunked form, for error messages.
+    std::string chunked_form_settings() const {
+        std::string text = std::string(Memory::name) + "/" + Bias::name + "/" + Retention::name + "/" +
+                           Algorithm::name + ", read " +
+                           (options_.read == ReadTiming::after_write ? "after" : "before") +
+                           " the write, steps_per_token " + std::to_string(dims_.steps_per_token);
+        if constexpr (requires { memory_.features.kind; }) {
+            text += std::string(", ") + feature_kind_name(memory_.features.kind) + " features";
+        }
+        if constexpr (requires { algorithm_.rate.axis; }) {
+            text += std::string(", rate per ") + axis_name(algorithm_.rate.axis);
+        }
+        if constexpr (requires { retention_.gate.axis; }) {
+            text += std::string(", decay per ") + axis_name(retention_.gate.axis);
+        }
+        return text;
     }
 
     /// Returns whether the layer has an exact chunked form with its options.
@@ -249,7 +269,8 @@ public:
     /// writes o [B, 1, H, V] into output(). Shapes are checked and gates bound once, here. Each
     /// step checks the values (finite inputs, gates in range) as forward() does. The layer, the
     /// buffers the views point to and `state` must outlive the decoder and stay where they are. With one
-    /// thread, the layers of the fused loop (those with a chunked form) allocate nothing per step.
+    /// thread and a step that runs the fused loop, its layers (the gradient step of the matrix memory
+    /// with a chunked form) allocate nothing per step.
     template <class S>
     Decoder<S> decoder(Inputs<S> inputs, State<S>& state) const {
         return Decoder<S>(*this, std::move(inputs), state);

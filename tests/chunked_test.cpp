@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "miras/miras.hpp"
+#include "with_execution.hpp"
 
 namespace {
 
@@ -63,12 +64,13 @@ struct Case {
     Index chunk;
 };
 
+/// Returns `layer` rebuilt with `execution` and chunks of `chunk` tokens.
 template <class L>
-L with_execution(L layer, Execution execution, Index chunk) {
-    LayerOptions options = layer.options();
-    options.execution = execution;
-    options.chunk_size = chunk;
-    return L(options, layer.memory(), layer.bias(), layer.retention(), layer.algorithm());
+L with_execution(const L& layer, Execution execution, Index chunk) {
+    return test::with_options(layer, [&](LayerOptions& options) {
+        options.execution = execution;
+        options.chunk_size = chunk;
+    });
 }
 
 template <class S>

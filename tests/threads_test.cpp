@@ -7,17 +7,19 @@
 #include "miras/core/parallel.hpp"
 #include "miras/layer/presets_deep.hpp"
 #include "miras/miras.hpp"
+#include "with_execution.hpp"
 
 namespace {
 
 using namespace miras;
 
+/// Returns `layer` rebuilt with `threads` threads and `execution`.
 template <class L>
-L with_threads(L layer, int threads, Execution execution) {
-    LayerOptions options = layer.options();
-    options.threads = threads;
-    options.execution = execution;
-    return L(options, layer.memory(), layer.bias(), layer.retention(), layer.algorithm());
+L with_threads(const L& layer, int threads, Execution execution) {
+    return test::with_options(layer, [&](LayerOptions& options) {
+        options.threads = threads;
+        options.execution = execution;
+    });
 }
 
 /// Runs the layer with 1, 2 and 3 threads on random inputs that carry every gate it reads, and

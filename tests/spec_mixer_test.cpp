@@ -16,6 +16,7 @@
 #include "miras/layer/presets.hpp"
 #include "miras/nn/mqar_model.hpp"
 #include "miras/spec/any_layer.hpp"
+#include "gradient_check.hpp"
 
 namespace {
 
@@ -36,21 +37,6 @@ std::shared_ptr<const AnyLayer> erased(L layer) {
     return std::make_shared<ErasedLayer<L>>(std::move(layer));
 }
 
-// Compares each entry of `param` with the central difference of `loss`.
-void expect_matches_differences(M& param, const M& analytic, const std::function<double()>& loss, const std::string& name) {
-    const double h = 1e-6;
-    for (Index i = 0; i < param.size(); ++i) {
-        const double saved = param.data()[i];
-        param.data()[i] = saved + h;
-        const double up = loss();
-        param.data()[i] = saved - h;
-        const double down = loss();
-        param.data()[i] = saved;
-        const double numeric = (up - down) / (2 * h);
-        EXPECT_NEAR(analytic.data()[i], numeric, 1e-6 * std::max(1.0, std::abs(numeric))) << name << " element " << i;
-    }
-}
-
 struct MixerCase {
     std::string name;
     std::function<std::shared_ptr<const AnyLayer>()> make;
@@ -64,26 +50,7 @@ TEST_P(SpecMixerGradients, MatchCentralDifferences) {
     std::mt19937_64 rng(5);
     SpecMixer<double> mixer(GetParam().make(), 6, 3, rng, GetParam().gate_scales);
     ASSERT_EQ(mixer.gates.size(), GetParam().gate_count);
-    mixer.checkpoint_every = 3;
-    // Larger weights than the default initialisation, so that every path carries signal.
-    for (Param<double>* p : mixer.params()) p->value = normal_matrix<double>(rng, p->value.rows(), p->value.cols(), 0.5);
-    const Index B = 2, T = 4;
-    M x = normal_matrix<double>(rng, B * T, 6, 1.0);
-    const M r = normal_matrix<double>(rng, B * T, 6, 1.0);
-
-    auto loss = [&] { return r.cwiseProduct(mixer.forward(x, B, T)).sum(); };
-    loss();
-    for (Param<double>* p : mixer.params()) p->zero_grad();
-    const M dx = mixer.backward(r);
-    std::vector<M> grads;
-    for (Param<double>* p : mixer.params()) grads.push_back(p->grad);
-
-    expect_matches_differences(x, dx, loss, "x");
-    std::size_t i = 0;
-    for (Param<double>* p : mixer.params()) {
-        expect_matches_differences(p->value, grads[i], loss, "parameter " + std::to_string(i));
-        ++i;
-    }
+    test::expect_mixer_gradients_match(mixer, 6, rng);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -284,19 +251,9 @@ TEST_P(SpecNetworkGradients, MatchCentralDifferences) {
     const tasks::MqarData data = tasks::make_mqar(task, 2, 3);
     SpecNetwork model = small_network(GetParam());
     std::mt19937_64 rng(4);
-    for (Param<double>* p : model.params()) p->value = normal_matrix<double>(rng, p->value.rows(), p->value.cols(), 0.5);
-
-    for (Param<double>* p : model.params()) p->zero_grad();
-    model.loss_and_gradients(data);
-    std::vector<M> grads;
-    for (Param<double>* p : model.params()) grads.push_back(p->grad);
-
-    auto loss = [&] { return model.evaluate(data, 2).loss; };
-    std::size_t i = 0;
-    for (Param<double>* p : model.params()) {
-        expect_matches_differences(p->value, grads[i], loss, "parameter " + std::to_string(i));
-        ++i;
-    }
+    test::draw_parameters(model, rng, 0.5);
+    const auto loss = [&] { return model.evaluate(data, 2).loss; };
+    test::expect_parameter_gradients_match(model, [&] { model.loss_and_gradients(data); }, loss);
 }
 
 INSTANTIATE_TEST_SUITE_P(ConvFirst, SpecNetworkGradients, ::testing::Values(Index{0}, Index{3}));

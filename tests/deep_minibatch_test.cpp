@@ -14,15 +14,8 @@ namespace {
 
 using namespace miras;
 using miras::testing::max_abs_diff;
+using miras::testing::dims;
 using miras::testing::Sequence;
-
-LayerOptions dims(Index heads, Index key, Index value) {
-    LayerOptions options;
-    options.heads = heads;
-    options.key_dim = key;
-    options.value_dim = value;
-    return options;
-}
 
 using MatrixMiniBatch = Layer<MatrixMemory, L2Bias, DecayRetention, MiniBatchGD>;
 

@@ -15,15 +15,8 @@ namespace {
 
 using namespace miras;
 using miras::testing::max_abs_diff;
+using miras::testing::dims;
 using miras::testing::Sequence;
-
-LayerOptions dims(Index heads, Index key, Index value) {
-    LayerOptions options;
-    options.heads = heads;
-    options.key_dim = key;
-    options.value_dim = value;
-    return options;
-}
 
 Vec<double> row(const Tensor<double>& t, Index i, Index n) { return Eigen::Map<const Vec<double>>(t.data() + i * n, n); }
 

@@ -6,8 +6,18 @@
 #include <string>
 
 #include "miras/layer/inputs.hpp"
+#include "miras/layer/options.hpp"
 
 namespace miras::testing {
+
+/// Layer options with H heads, key dimension K and value dimension V, the rest at their defaults.
+inline LayerOptions dims(Index heads, Index key, Index value) {
+    LayerOptions options;
+    options.heads = heads;
+    options.key_dim = key;
+    options.value_dim = value;
+    return options;
+}
 
 /// q, k, v [B, T, H, D] and per-token gates, owned, with views in `inputs`.
 template <class S>

@@ -108,7 +108,7 @@ void BM_Rwkv7PrefillChunked(benchmark::State& state) {
 void BM_Rwkv7PrefillTokenLoop(benchmark::State& state) {
     run_prefill(state, presets::rwkv7(prefill_options(Execution::recurrent)), true, ExtraGates::rwkv7);
 }
-// MesaNet with 30 conjugate-gradient iterations per token; the counted 4 K V flops leave out the
+// MesaNet with 30 conjugate-gradient iterations per token. The counted 4 K V flops leave out the
 // solve, which dominates.
 void BM_MesaNetPrefillChunked(benchmark::State& state) {
     run_prefill(state, presets::mesanet(prefill_options(Execution::chunked), {1.0}, LinearSolver::conjugate_gradient),

@@ -51,7 +51,7 @@ bool dplr_chunkable(const L& layer) {
     }
 }
 
-/// Runs one (b, h) sequence of the generalised delta rule chunk by chunk; W is the head's state,
+/// Runs one (b, h) sequence of the generalised delta rule chunk by chunk. W is the head's state,
 /// updated in place.
 template <class S, class L, class RetentionBound, class AlgorithmBound>
 void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
@@ -64,7 +64,7 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
 
     Mat<S> Q(C, K), Kc(C, K), Ac(C, K), Bc(C, K), Vc(C, V), Y(C, V), L_ab(C, C), L_ak(C, C);
     Mat<S> G(C, K), E(C, K), scratch(C, K), decayed(C, K);
-    // Rows [0, n): A * exp(E), the removal keys at the state they read; rows [n, 2n): Q * exp(G).
+    // Rows [0, n) are A * exp(E), the removal keys at the state they read. Rows [n, 2n) are Q * exp(G).
     Mat<S> stacked(2 * C, K), from_start(2 * C, V);
 
     for (Index start = 0; start < T; start += C) {

@@ -1,5 +1,5 @@
-// Chunked execution of ridge least squares (MesaNet, the recurrences of least_squares.hpp; the
-// conjugate-gradient form is also how flash-linear-attention's `chunk_mesa_net` runs). With per-head
+// Chunked execution of ridge least squares: MesaNet, the recurrences of least_squares.hpp. The
+// conjugate-gradient form is also how flash-linear-attention's `chunk_mesa_net` runs. With per-head
 // cumulative log-decays G_r = g_1 + ... + g_r within a chunk, strengths beta and start states
 // W_0 ([V, D]) and H_0 ([D, D]):
 //   H_r = exp(G_r) H_0 + sum_{i<=r} exp(G_r - G_i) beta_i k_i k_i^T
@@ -10,8 +10,8 @@
 // and the chunk's end states are
 //   W_C = exp(G_C) W_0 + V^T diag(beta exp(G_C - G)) K,  H_C = exp(G_C) H_0 + K^T diag(beta exp(G_C - G)) K.
 // The solutions:
-// - exact (Cholesky): H_r is formed token by token from H_0 as the recurrence does, since each
-//   factorisation needs the matrix;
+// - exact (Cholesky): H_r is formed token by token from H_0, as the recurrence does, because each
+//   factorisation needs the matrix.
 // - conjugate gradient: every token of the chunk iterates at once, and the products H_r x_r of a
 //   block X of iterates are matrix products, H X = diag(exp(G)) X H_0^T + (tril(exp(G_r - G_i)) *
 //   X K^T) diag(beta) K, so H_r is never formed. Each token keeps its own step sizes and stops
@@ -93,7 +93,7 @@ void conjugate_gradient_rows(const LeastSquares& solver, const Mat<S>& Q, const 
     }
 }
 
-/// Runs one (b, h) sequence of least squares chunk by chunk; W and H of `head` are updated in place.
+/// Runs one (b, h) sequence of least squares chunk by chunk, updating W and H of `head` in place.
 template <class S, class L, class RetentionBound, class AlgorithmBound, class Head>
 void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
                                const AlgorithmBound& algorithm_gates, Index b, Index h, Index T, Head& head,
@@ -126,7 +126,7 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
             G[r] = (r == 0 ? S(0) : G[r - 1]) + g[r];
         }
         auto Kn = Kc.topRows(n);
-        // mask[r, i] = exp(G_r - G_i) for i <= r; `weighted` = diag(beta) K.
+        // mask[r, i] = exp(G_r - G_i) for i <= r, and `weighted` = diag(beta) K.
         decay_mask(G, G, n, /*include_diagonal=*/true, mask);
         auto weighted_n = weighted.topRows(n);
         weighted_n.noalias() = beta.head(n).asDiagonal() * Kn;
@@ -179,7 +179,7 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
             for (Index c = 0; c < V; ++c) o[c] = On(r, c);
         }
 
-        // End states; `stacked` becomes diag(beta exp(G_C - G)) K.
+        // The end states, with `stacked` reused for diag(beta exp(G_C - G)) K.
         const S last = G[n - 1];
         for (Index r = 0; r < n; ++r) stacked_n.row(r) = (beta[r] * math::exp(last - G[r])) * Kn.row(r);
         W *= math::exp(last);

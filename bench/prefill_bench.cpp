@@ -118,6 +118,13 @@ void BM_MesaNetPrefillTokenLoop(benchmark::State& state) {
     run_prefill(state, presets::mesanet(prefill_options(Execution::recurrent), {1.0}, LinearSolver::conjugate_gradient),
                 false, ExtraGates::mesanet);
 }
+// MesaNet with the Cholesky solver, the preset's default: each token factorises its K x K system.
+void BM_MesaNetCholeskyPrefillChunked(benchmark::State& state) {
+    run_prefill(state, presets::mesanet(prefill_options(Execution::chunked), {1.0}), false, ExtraGates::mesanet);
+}
+void BM_MesaNetCholeskyPrefillTokenLoop(benchmark::State& state) {
+    run_prefill(state, presets::mesanet(prefill_options(Execution::recurrent), {1.0}), false, ExtraGates::mesanet);
+}
 void BM_GatedDeltaNetPrefillChunkedTwoThreads(benchmark::State& state) {
     run_prefill(state, presets::gated_deltanet(prefill_options(Execution::chunked, 2)), false);
 }
@@ -133,6 +140,8 @@ BENCHMARK(BM_Rwkv7PrefillTokenLoop)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Rwkv7PrefillChunked)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MesaNetPrefillTokenLoop)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MesaNetPrefillChunked)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MesaNetCholeskyPrefillTokenLoop)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MesaNetCholeskyPrefillChunked)->Unit(benchmark::kMillisecond);
 
 /// MLP-memory prefill (H = 4, d = 64, hidden 256, mini-batches of 16, T = 4096): the matrix form of
 /// the mini-batches against the token loop, for TTT-MLP and Titans. Throughput counts 8 P flops

@@ -156,6 +156,17 @@ TEST(Decoder, FusedMatchesReferenceAtDecodeShape) {
     expect_fused_presets_match<double>(wide, 12, 1e-12);
 }
 
+TEST(Decoder, FusedMatchesReferenceForEveryRowWidth) {
+    // Rows of 1 to 16 SIMD packets stay in registers; wider rows take the general loop. An odd
+    // number of rows leaves one after the pairs of rows.
+    for (const Index K : {8, 16, 32, 64, 128, 256}) {
+        const LayerOptions options{.heads = 1, .key_dim = K, .value_dim = 7};
+        SCOPED_TRACE("key_dim " + std::to_string(K));
+        expect_fused_presets_match<float>(options, 6, 2e-5);
+        expect_fused_presets_match<double>(options, 6, 1e-12);
+    }
+}
+
 TEST(Decoder, OtherLayersMatchReference) {
     expect_decoder_matches_reference<double>(presets::hgrn2(odd), 30, 1e-12, true);
     expect_decoder_matches_reference<double>(presets::rwkv7(odd), 30, 1e-12);

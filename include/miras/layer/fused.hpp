@@ -110,9 +110,9 @@ void write_row_block(S* W, Index K, Index first, const S* v, const RowWrite<S>& 
 template <class S>
 using WidePacket = typename Eigen::internal::packet_traits<S>::type;
 
-/// How many rows of N packets the register-resident write keeps at once: R (N + 2) registers
-/// hold the rows and their two accumulators, and four are left for the packets of p', q', k and d.
-/// Zero when not even one row fits. At most two: with three rows of eight packets in the 32
+/// Returns how many rows of N packets the register-resident write keeps at once: R (N + 2)
+/// registers hold the rows and their two accumulators, and four are left for the packets of p',
+/// q', k and d. Returns zero when not even one row fits. At most two: with three rows of eight packets in the 32
 /// registers of AVX-512 the compiler spilled, and the decode step ran 20% slower.
 template <class S, int N>
 constexpr int resident_rows() {
@@ -153,8 +153,8 @@ EIGEN_ALWAYS_INLINE void write_resident_block(S* W, Index first, const S* v, con
     }
 }
 
-/// The register-resident write for K = N P; false, having written nothing, when K is not one of
-/// the packet counts N, 2 N, 4 N, ... up to 16 whose rows fit in registers.
+/// Writes every row of W with the rows in registers when K is N P, 2 N P, 4 N P, ... for a packet
+/// count of at most 16 whose rows fit. Returns false, having written nothing, for any other K.
 template <int N, bool Delta, class S>
 bool write_rows_resident(S* W, Index V, Index K, const S* v, const RowWrite<S>& w, S* o) {
     constexpr int R = resident_rows<S, N>();

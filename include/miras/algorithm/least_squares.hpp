@@ -86,28 +86,60 @@ struct LeastSquares {
         y.noalias() = W * solution;
     }
 
-    /// Solves A z = r for a symmetric positive definite A with a fixed number of iterations.
+    /// Solves A z = r for a symmetric positive definite A with a fixed number of iterations: the
+    /// one-row case of conjugate_gradient_rows.
     template <class S>
     Vec<S> conjugate_gradient(const Mat<S>& A, const Vec<S>& r) const {
-        Vec<S> z = r.cwiseQuotient(A.diagonal());
-        Vec<S> residual = r - A * z;
-        Vec<S> direction = residual;
-        S rho = residual.squaredNorm();
+        const Mat<S> Q = r.transpose(), diagonal = A.diagonal().transpose();
+        Mat<S> Z(1, r.size());
+        // A is symmetric, so the row z^T A is (A z)^T.
+        conjugate_gradient_rows(Q, diagonal, 1, [&A](const auto& X, Mat<S>& out) { out.noalias() = X * A; }, Z);
+        return Z.row(0).transpose();
+    }
+
+    /// Solves the first n rows at once: row r of Z solves z A_r = q_r for the row q_r of Q and its
+    /// own symmetric positive definite A_r, whose diagonal is row r of `diagonal`. `apply(X, out)`
+    /// sets the first n rows of `out` to the rows of X times their matrices. Each row starts from
+    /// the Jacobi guess q_r / diag(A_r) and stops after cg_iterations steps, at a zero residual, or
+    /// at a curvature that is not positive.
+    template <class S, class Apply>
+    void conjugate_gradient_rows(const Mat<S>& Q, const Mat<S>& diagonal, Index n, const Apply& apply,
+                                 Mat<S>& Z) const {
+        const Index D = Q.cols();
+        Mat<S> residual(n, D), direction(n, D), product(n, D);
+        std::vector<S> rho(static_cast<std::size_t>(n));
+        std::vector<char> active(static_cast<std::size_t>(n), 1);
+        Z.topRows(n) = Q.topRows(n).cwiseQuotient(diagonal.topRows(n));
+        apply(Z.topRows(n), product);
+        residual = Q.topRows(n) - product;
+        direction = residual;
+        for (Index r = 0; r < n; ++r) rho[static_cast<std::size_t>(r)] = residual.row(r).squaredNorm();
         for (int iteration = 0; iteration < cg_iterations; ++iteration) {
-            if (value_of(rho) == 0.0) break;
-            const Vec<S> Ad = A * direction;
-            const S curvature = direction.dot(Ad);
-            // A converged float solve leaves a residual whose curvature underflows to 0; stop there
-            // rather than divide by it.
-            if (!(value_of(curvature) > 0.0)) break;
-            const S alpha = rho / curvature;
-            z += alpha * direction;
-            residual -= alpha * Ad;
-            const S next = residual.squaredNorm();
-            direction = residual + (next / rho) * direction;
-            rho = next;
+            bool any = false;
+            for (Index r = 0; r < n; ++r) {
+                if (value_of(rho[static_cast<std::size_t>(r)]) == 0.0) active[static_cast<std::size_t>(r)] = 0;
+                any = any || active[static_cast<std::size_t>(r)];
+            }
+            if (!any) break;
+            apply(direction, product);
+            for (Index r = 0; r < n; ++r) {
+                const auto i = static_cast<std::size_t>(r);
+                if (!active[i]) continue;
+                const S curvature = direction.row(r).dot(product.row(r));
+                // A converged float solve leaves a residual whose curvature underflows to 0, so the
+                // row stops there rather than divide by it.
+                if (!(value_of(curvature) > 0.0)) {
+                    active[i] = 0;
+                    continue;
+                }
+                const S alpha = rho[i] / curvature;
+                Z.row(r) += alpha * direction.row(r);
+                residual.row(r) -= alpha * product.row(r);
+                const S next = residual.row(r).squaredNorm();
+                direction.row(r) = residual.row(r) + (next / rho[i]) * direction.row(r);
+                rho[i] = next;
+            }
         }
-        return z;
     }
 
     template <class S> void save(const State<S>& state, NamedMatrices<S>& out) const { out["H"] = state.H; }

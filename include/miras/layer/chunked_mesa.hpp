@@ -20,7 +20,6 @@
 #pragma once
 
 #include <type_traits>
-#include <vector>
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
@@ -47,49 +46,6 @@ bool mesa_chunkable(const L& layer) {
         return false;
     } else {
         return reads_after_one_write(layer) && layer.retention().gate.axis == Axis::head;
-    }
-}
-
-/// Conjugate gradient for the n tokens of a chunk at once: row r of Z solves (H_r + diag(lambda))
-/// z = q_r, with the starting guess, iteration count and stopping rules of
-/// LeastSquares::conjugate_gradient. `apply` sets its second argument to the products of the
-/// systems' matrices with the rows of its first.
-template <class S, class Apply>
-void conjugate_gradient_rows(const LeastSquares& solver, const Mat<S>& Q, const Mat<S>& diagonal, Index n,
-                             const Apply& apply, Mat<S>& Z) {
-    const Index D = Q.cols();
-    Mat<S> residual(n, D), direction(n, D), product(n, D);
-    std::vector<S> rho(static_cast<std::size_t>(n));
-    std::vector<char> active(static_cast<std::size_t>(n), 1);
-    Z.topRows(n) = Q.topRows(n).cwiseQuotient(diagonal.topRows(n));
-    apply(Z.topRows(n), product);
-    residual = Q.topRows(n) - product;
-    direction = residual;
-    for (Index r = 0; r < n; ++r) rho[static_cast<std::size_t>(r)] = residual.row(r).squaredNorm();
-    for (int iteration = 0; iteration < solver.cg_iterations; ++iteration) {
-        bool any = false;
-        for (Index r = 0; r < n; ++r) {
-            if (value_of(rho[static_cast<std::size_t>(r)]) == 0.0) active[static_cast<std::size_t>(r)] = 0;
-            any = any || active[static_cast<std::size_t>(r)];
-        }
-        if (!any) break;
-        apply(direction, product);
-        for (Index r = 0; r < n; ++r) {
-            const auto i = static_cast<std::size_t>(r);
-            if (!active[i]) continue;
-            const S curvature = direction.row(r).dot(product.row(r));
-            // As in the token loop: a converged float solve can leave a curvature that underflows to 0.
-            if (!(value_of(curvature) > 0.0)) {
-                active[i] = 0;
-                continue;
-            }
-            const S alpha = rho[i] / curvature;
-            Z.row(r) += alpha * direction.row(r);
-            residual.row(r) -= alpha * product.row(r);
-            const S next = residual.row(r).squaredNorm();
-            direction.row(r) = residual.row(r) + (next / rho[i]) * direction.row(r);
-            rho[i] = next;
-        }
     }
 }
 
@@ -160,7 +116,7 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
                 out_n.noalias() += Pn * weighted_n;
                 out_n += (X.topRows(n).array().rowwise() * lambda.transpose().array()).matrix();
             };
-            conjugate_gradient_rows(solver, Q, diagonal, n, apply, Z);
+            solver.conjugate_gradient_rows(Q, diagonal, n, apply, Z);
         }
 
         // O = diag(exp(G)) Z W_0^T + (mask * Z K^T) diag(beta) V.

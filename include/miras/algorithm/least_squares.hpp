@@ -92,8 +92,10 @@ struct LeastSquares {
     Vec<S> conjugate_gradient(const Mat<S>& A, const Vec<S>& r) const {
         const Mat<S> Q = r.transpose(), diagonal = A.diagonal().transpose();
         Mat<S> Z(1, r.size());
-        // A is symmetric, so the row z^T A is (A z)^T.
-        conjugate_gradient_rows(Q, diagonal, 1, [&A](const auto& X, Mat<S>& out) { out.noalias() = X * A; }, Z);
+        // The row z^T A^T is (A z)^T. A state loaded from outside need not be symmetric, and the
+        // chunked form applies H the same way.
+        conjugate_gradient_rows(Q, diagonal, 1, [&A](const auto& X, Mat<S>& out) { out.noalias() = X * A.transpose(); },
+                                Z);
         return Z.row(0).transpose();
     }
 

@@ -119,6 +119,24 @@ void decay_mask(const Vec<S>& row, const Vec<S>& column, Index n, bool include_d
     m = m.array().exp().matrix();
 }
 
+/// Adds the reads within a chunk of n rows with a decay per head to O, O += (mask * Q K^T) U, and
+/// moves the state to the chunk's end, W <- exp(G_n) W + U^T diag(exp(G_n - G)) K. `mask` holds
+/// exp(G_r - G_i) for i <= r (decay_mask with the diagonal). `scores` and `scaled_keys` are
+/// workspace of at least n x n and n x K.
+template <class S, class QRows, class KRows, class URows, class ORows>
+void finish_chunk_per_head(const QRows& Qn, const KRows& Kn, const URows& Un, const Vec<S>& G, Index n,
+                           const Mat<S>& mask, Mat<S>& scores, Mat<S>& scaled_keys, Mat<S>& W, ORows On) {
+    auto P = scores.topLeftCorner(n, n);
+    P.noalias() = Qn * Kn.transpose();
+    P.array() *= mask.topLeftCorner(n, n).array();
+    On.noalias() += P * Un;
+    const S last = G[n - 1];
+    auto Wn = scaled_keys.topRows(n);
+    for (Index r = 0; r < n; ++r) Wn.row(r) = math::exp(last - G[r]) * Kn.row(r);
+    W *= math::exp(last);
+    W.noalias() += Un.transpose() * Wn;
+}
+
 /// Sets out[r, i] = sum_c X[r, c] Y[i, c] exp(R[r, c] - G[i, c]) for i < r (i <= r with
 /// include_diagonal) and 0 above, for the first n rows. G contains cumulative log-decays (each row
 /// <= the one before), and every R[r] lies between G[r - 1] and G[r] (G[-1] = 0), so every
@@ -275,37 +293,28 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
             An.template triangularView<Eigen::UnitLower>().solveInPlace(Un);
         }
 
-        // O = (Q * exp(G)) W_0^T + (decayed Q K^T, lower triangle with the diagonal) U.
+        // O = (Q * exp(G)) W_0^T + (decayed Q K^T, lower triangle with the diagonal) U, and
+        // W_C = W_0 exp(G_C) + U^T (K * exp(G_C - G)), the exponentials per channel or per head.
         auto On = from_start.middleRows(m, n);
-        auto P = A.topLeftCorner(n, n);
         if (channel) {
             decayed_products(Q, Gm, Kc, Gm, n, /*include_diagonal=*/true, scratch, A);
+            On.noalias() += A.topLeftCorner(n, n) * Un;
+            auto Wn = Wk.topRows(n);
+            for (Index r = 0; r < n; ++r) {
+                Wn.row(r) = Kn.row(r).array() * (Gm.row(n - 1) - Gm.row(r)).array().exp();
+            }
+            W.array().rowwise() *= Gm.row(n - 1).array().exp();
+            W.noalias() += Un.transpose() * Wn;
         } else {
-            P.noalias() = Qn * Kn.transpose();
             decay_mask(G, G, n, /*include_diagonal=*/true, mask);
-            P.array() *= mask.topLeftCorner(n, n).array();
+            finish_chunk_per_head(Qn, Kn, Un, G, n, mask, A, Wk, W, On);
         }
-        On.noalias() += P * Un;
         for (Index r = 0; r < n; ++r) {
             const Index step = start + r;
             if (step % steps != steps - 1) continue;
             S* o = output + ((b * T + step / steps) * H + h) * V;
             for (Index c = 0; c < V; ++c) o[c] = On(r, c);
         }
-
-        // W_C = W_0 exp(G_C) + U^T (K * exp(G_C - G)), the exponentials per channel or per head.
-        auto Wn = Wk.topRows(n);
-        if (channel) {
-            for (Index r = 0; r < n; ++r) {
-                Wn.row(r) = Kn.row(r).array() * (Gm.row(n - 1) - Gm.row(r)).array().exp();
-            }
-            W.array().rowwise() *= Gm.row(n - 1).array().exp();
-        } else {
-            const S last = G[n - 1];
-            for (Index r = 0; r < n; ++r) Wn.row(r) = math::exp(last - G[r]) * Kn.row(r);
-            W *= math::exp(last);
-        }
-        W.noalias() += Un.transpose() * Wn;
     }
     if constexpr (std::is_same_v<Retention, NoRetention>) (void)retention_gates;
 }

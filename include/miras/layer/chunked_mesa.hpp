@@ -62,7 +62,7 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
     Mat<S>& Hs = head.algorithm.H;
 
     Mat<S> Q(C, K), Kc(C, K), Vc(C, V), Z(C, K), mask(C, C), P(C, C), weighted(C, K), stacked(C, K),
-        O(C, V), diagonal(C, K);
+        O(C, V), U(C, V), diagonal(C, K);
     Vec<S> G(C), g(C), beta(C), lambda(K);
     {
         const GateValues<S> ridge = algorithm_gates.lambda.at(b, 0, h);
@@ -119,32 +119,29 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
             solver.conjugate_gradient_rows(Q, diagonal, n, apply, Z);
         }
 
-        // O = diag(exp(G)) Z W_0^T + (mask * Z K^T) diag(beta) V.
-        auto Zn = Z.topRows(n);
+        // H's end state, with `stacked` as diag(beta exp(G_C - G)) K.
         auto stacked_n = stacked.topRows(n);
-        for (Index r = 0; r < n; ++r) stacked_n.row(r) = math::exp(G[r]) * Zn.row(r);
-        auto On = O.topRows(n);
-        On.noalias() = stacked_n * W.transpose();
-        auto Pn = P.topLeftCorner(n, n);
-        Pn.noalias() = Zn * Kn.transpose();
-        Pn.array() *= mask.topLeftCorner(n, n).array();
-        Pn = Pn * beta.head(n).asDiagonal();
-        On.noalias() += Pn * Vc.topRows(n);
-        for (Index r = 0; r < n; ++r) {
-            S* o = output + ((b * T + start + r) * H + h) * V;
-            for (Index c = 0; c < V; ++c) o[c] = On(r, c);
-        }
-
-        // The end states, with `stacked` reused for diag(beta exp(G_C - G)) K.
-        const S last = G[n - 1];
-        for (Index r = 0; r < n; ++r) stacked_n.row(r) = (beta[r] * math::exp(last - G[r])) * Kn.row(r);
-        W *= math::exp(last);
-        W.noalias() += Vc.topRows(n).transpose() * stacked_n;
         if (solver.solver == LinearSolver::exact) {
             Hs = running;
         } else {
+            const S last = G[n - 1];
+            for (Index r = 0; r < n; ++r) stacked_n.row(r) = (beta[r] * math::exp(last - G[r])) * Kn.row(r);
             Hs *= math::exp(last);
             Hs.noalias() += Kn.transpose() * stacked_n;
+        }
+
+        // O = diag(exp(G)) Z W_0^T + (mask * Z K^T) U with U = diag(beta) V, the per-head decayed
+        // linear attention of the dot-product layers with the solutions as queries, and W's end state.
+        auto Zn = Z.topRows(n);
+        for (Index r = 0; r < n; ++r) stacked_n.row(r) = math::exp(G[r]) * Zn.row(r);
+        auto On = O.topRows(n);
+        On.noalias() = stacked_n * W.transpose();
+        auto Un = U.topRows(n);
+        Un.noalias() = beta.head(n).asDiagonal() * Vc.topRows(n);
+        finish_chunk_per_head(Zn, Kn, Un, G, n, mask, P, stacked, W, On);
+        for (Index r = 0; r < n; ++r) {
+            S* o = output + ((b * T + start + r) * H + h) * V;
+            for (Index c = 0; c < V; ++c) o[c] = On(r, c);
         }
     }
 }

@@ -99,11 +99,11 @@ struct LeastSquares {
         return Z.row(0).transpose();
     }
 
-    /// Solves the first n rows at once: row r of Z solves z A_r = q_r for the row q_r of Q and its
-    /// own symmetric positive definite A_r, whose diagonal is row r of `diagonal`. `apply(X, out)`
-    /// sets the first n rows of `out` to the rows of X times their matrices. Each row starts from
-    /// the Jacobi guess q_r / diag(A_r) and stops after cg_iterations steps, at a zero residual, or
-    /// at a curvature that is not positive.
+    /// Solves n systems at once: row r of Z is the transposed solution z of A_r z = q_r, for row r
+    /// of Q and its own symmetric positive definite A_r, whose diagonal is row r of `diagonal`.
+    /// `apply(X, out)` sets row r of `out` to (A_r x)^T for row r of X, for the first n rows. Each
+    /// row starts from the Jacobi guess q_r / diag(A_r) and stops after cg_iterations steps, at a
+    /// zero residual, or at a curvature that is not positive.
     template <class S, class Apply>
     void conjugate_gradient_rows(const Mat<S>& Q, const Mat<S>& diagonal, Index n, const Apply& apply,
                                  Mat<S>& Z) const {

@@ -12,10 +12,10 @@
 // instead of O(V K):
 //   r_i = W_i . p'    with p' = d * p (decay_then_gradient) or p (gradient_then_decay)
 //   o_i = W_i . q' + c_i (k . s q)    with q' = d * s q and c_i = -eta dl/dy_i,
-// with SIMD packets over the key channels. When a row of W is at most 16 full-width packets, it
-// stays in registers from its read to the write W_i <- W_i * d + c_i k, so W is read and written
-// once per token; otherwise each block of rows is read once for both dot products and once more
-// for the write.
+// with SIMD packets over the key channels. When a row of W is a power-of-two number of full-width
+// packets that fits in the registers (up to 16 with AVX-512, 8 with 16 registers), it stays there
+// from its read to the write W_i <- W_i * d + c_i k, so W is read and written once per token.
+// Otherwise each block of rows is read once for both dot products and once more for the write.
 #pragma once
 
 #include <algorithm>
@@ -112,8 +112,9 @@ using WidePacket = typename Eigen::internal::packet_traits<S>::type;
 
 /// Returns how many rows of N packets the register-resident write keeps at once: R (N + 2)
 /// registers hold the rows and their two accumulators, and four are left for the packets of p',
-/// q', k and d. Returns zero when not even one row fits. At most two: with three rows of eight packets in the 32
-/// registers of AVX-512 the compiler spilled, and the decode step ran 20% slower.
+/// q', k and d. Returns zero when not even one row fits. With only two left, three rows of eight
+/// packets filled the 32 registers of AVX-512, the compiler spilled, and the decode step ran 20%
+/// slower. More than two rows of fewer packets were not measured, so two is the most.
 template <class S, int N>
 constexpr int resident_rows() {
     constexpr int registers = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS;
@@ -132,11 +133,13 @@ EIGEN_ALWAYS_INLINE void write_resident_block(S* W, Index first, const S* v, con
     for (int j = 0; j < R; ++j) r[j] = s[j] = Eigen::internal::pset1<Packet>(S(0));
     for (int n = 0; n < N; ++n) {
         const Packet q = Eigen::internal::ploadu<Packet>(w.query + n * P);
-        const Packet p = Eigen::internal::ploadu<Packet>(w.predict + n * P);
         for (int j = 0; j < R; ++j) {
             x[j][n] = Eigen::internal::ploadu<Packet>(W + (first + j) * K + n * P);
-            if constexpr (Delta) r[j] = Eigen::internal::pmadd(x[j][n], p, r[j]);
             s[j] = Eigen::internal::pmadd(x[j][n], q, s[j]);
+        }
+        if constexpr (Delta) {
+            const Packet p = Eigen::internal::ploadu<Packet>(w.predict + n * P);
+            for (int j = 0; j < R; ++j) r[j] = Eigen::internal::pmadd(x[j][n], p, r[j]);
         }
     }
     for (int j = 0; j < R; ++j) {
@@ -178,7 +181,7 @@ bool write_rows_resident(S* W, Index V, Index K, const S* v, const RowWrite<S>& 
 /// Writes every row of W (V rows of K) for one pair and, when it reads, the token's output.
 template <bool Delta, class S>
 void write_rows(S* W, Index V, Index K, const S* v, const RowWrite<S>& w, S* o) {
-    // A row of up to 16 packets stays in registers between its read and its write. On an Intel
+    // A row that fits in registers stays there between its read and its write. On an Intel
     // Xeon with AVX-512 this single pass decoded Gated DeltaNet (H=16, K=V=128) about 1.5 times
     // as fast as the two passes below, which read each block of rows again from the L1 cache.
     // NOTE: measured on that Xeon only. On Zen 4, which splits 512-bit operations in two, the

@@ -120,7 +120,7 @@ void decay_mask(const Vec<S>& row, const Vec<S>& column, Index n, bool include_d
 }
 
 /// Adds the reads within a chunk of n rows with a decay per head to O, O += (mask * Q K^T) U, and
-/// moves the state to the chunk's end, W <- exp(G_n) W + U^T diag(exp(G_n - G)) K. `mask` holds
+/// moves the state to the chunk's end, W <- exp(G_n) W + U^T diag(exp(G_n - G)) K. `mask` contains
 /// exp(G_r - G_i) for i <= r (decay_mask with the diagonal). `scores` and `scaled_keys` are
 /// workspace of at least n x n and n x K.
 template <class S, class QRows, class KRows, class URows, class ORows>

@@ -32,6 +32,7 @@
 #include "miras/algorithm/minibatch_gd.hpp"
 #include "miras/algorithm/momentum.hpp"
 #include "miras/layer/options.hpp"
+#include "miras/layer/small_product.hpp"
 #include "miras/memory/layer_norm.hpp"
 #include "miras/memory/mlp.hpp"
 #include "miras/retention/decay.hpp"
@@ -161,7 +162,15 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
     if constexpr (decays) {
         if (decay_first) params_scale(W, math::exp(cumulative[0]));
     }
-    state.start = W;
+    // The start weights move into the state (the token loop keeps them there), and W receives
+    // the weights after the mini-batch at the end, so no weight matrix is copied.
+    state.start.weights.swap(W.weights);
+    state.start.biases.swap(W.biases);
+    W.weights.resize(state.start.weights.size());
+    W.biases.resize(state.start.biases.size());
+    state.start.norm_weight = W.norm_weight;
+    state.start.norm_bias = W.norm_bias;
+    const auto& W0 = state.start;
 
     // W_i = s_i W0 + m_i S - sum_j C[i, j] G_j, with S the momentum before the mini-batch (m = 0
     // without momentum). For momentum, S_i = theta_i S_{i-1} - eta_i G_i and W_i = a_i W_{i-1} + S_i
@@ -219,11 +228,12 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
     // Key side at W0: layer inputs H_l, pre-activations Z_l and the activation's derivative at Z_l.
     const auto layers = static_cast<std::size_t>(depth);
     std::vector<Mat<S>> inputs_at_start(layers), pre(layers), slopes(layers);
+    PacketProductScratch<S> scratch;
     inputs_at_start[0] = X;
     for (Index l = 0; l < depth; ++l) {
         const auto ul = static_cast<std::size_t>(l);
-        pre[ul].noalias() = inputs_at_start[ul] * W.weights[ul].transpose();
-        if (biases) pre[ul].rowwise() += W.biases[ul].transpose();
+        multiply_by_transpose(inputs_at_start[ul], W0.weights[ul], pre[ul], scratch);
+        if (biases) pre[ul].rowwise() += W0.biases[ul].transpose();
         if (l + 1 < depth) activate_all(memory.activation, pre[ul], inputs_at_start[ul + 1], &slopes[ul]);
     }
 
@@ -255,7 +265,7 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
         const auto ul = static_cast<std::size_t>(l);
         if (l + 1 < depth) errors.array() *= slopes[ul].array();
         deltas[ul] = errors;
-        if (l > 0) errors = (errors * W.weights[ul]).eval();
+        if (l > 0) errors = (errors * W0.weights[ul]).eval();
     }
     if constexpr (momentum) {
         for (auto& delta : deltas) delta = gamma.asDiagonal() * delta;
@@ -277,14 +287,14 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
     }
 
     // Query side: each token reads the weights W_i after its own write.
-    Mat<S> U = Q, scores;
+    Mat<S> U = Q, scores, Z, from_momentum;
     for (Index l = 0; l < depth; ++l) {
         const auto ul = static_cast<std::size_t>(l);
-        Mat<S> Z = U * W.weights[ul].transpose();
-        if (biases) Z.rowwise() += W.biases[ul].transpose();
+        multiply_by_transpose(U, W0.weights[ul], Z, scratch);
+        if (biases) Z.rowwise() += W0.biases[ul].transpose();
         Z = s.asDiagonal() * Z;
         if constexpr (momentum) {
-            Mat<S> from_momentum = U * state.momentum.weights[ul].transpose();
+            multiply_by_transpose(U, state.momentum.weights[ul], from_momentum, scratch);
             if (biases) from_momentum.rowwise() += state.momentum.biases[ul].transpose();
             Z.noalias() += m.asDiagonal() * from_momentum;
         }

@@ -1,0 +1,64 @@
+// The packet product Z = U W^T of the MLP memories' matrix form against Eigen's product, over
+// shapes that hit every edge of its blocking: groups of rows of U shorter than a packet, rows of W
+// left over from the blocks of eight, and sizes that are not whole packets.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "miras/layer/small_product.hpp"
+
+namespace miras {
+namespace {
+
+template <class S>
+Mat<S> random_matrix(Index rows, Index cols, std::mt19937& rng) {
+    std::uniform_real_distribution<double> uniform(-1.0, 1.0);
+    Mat<S> m(rows, cols);
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = S(uniform(rng));
+    return m;
+}
+
+template <class S>
+void expect_matches_eigen(double tolerance) {
+    std::mt19937 rng(7);
+    detail::PacketProductScratch<S> scratch;
+    Mat<S> Z;
+    int checked = 0;
+    for (Index n : {1, 3, 8, 15, 16, 17, 33}) {
+        for (Index in : {1, 5, 16, 64, 70}) {
+            for (Index out : {1, 7, 8, 9, 64, 70}) {
+                const Mat<S> U = random_matrix<S>(n, in, rng), W = random_matrix<S>(out, in, rng);
+                detail::multiply_by_transpose(U, W, Z, scratch);
+                const Mat<S> want = U * W.transpose();
+                ASSERT_EQ(Z.rows(), n);
+                ASSERT_EQ(Z.cols(), out);
+                const double worst = (Z - want).cwiseAbs().maxCoeff();
+                EXPECT_LE(worst, tolerance * static_cast<double>(in)) << "n=" << n << " in=" << in << " out=" << out;
+                ++checked;
+            }
+        }
+    }
+    EXPECT_EQ(checked, 7 * 5 * 6);
+}
+
+TEST(PacketProduct, MatchesEigenInFloat) { expect_matches_eigen<float>(1e-6); }
+TEST(PacketProduct, MatchesEigenInDouble) { expect_matches_eigen<double>(1e-15); }
+
+// The rows of U are independent: each row of Z is the same whether U has one row or many, so a
+// token's output does not depend on where its mini-batch is cut.
+TEST(PacketProduct, RowsDoNotDependOnTheirGroup) {
+    std::mt19937 rng(11);
+    detail::PacketProductScratch<float> scratch;
+    const Mat<float> U = random_matrix<float>(37, 64, rng), W = random_matrix<float>(70, 64, rng);
+    Mat<float> all, single;
+    detail::multiply_by_transpose(U, W, all, scratch);
+    for (Index r = 0; r < U.rows(); ++r) {
+        const Mat<float> row = U.row(r);
+        detail::multiply_by_transpose(row, W, single, scratch);
+        ASSERT_EQ(single.rows(), 1);
+        for (Index c = 0; c < W.rows(); ++c) EXPECT_EQ(single(0, c), all(r, c)) << "row " << r << " column " << c;
+    }
+}
+
+}  // namespace
+}  // namespace miras

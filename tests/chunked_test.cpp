@@ -259,6 +259,24 @@ INSTANTIATE_TEST_SUITE_P(Presets, ChunkedForm, ::testing::ValuesIn(cases()), [](
            std::to_string(info.param.chunk);
 });
 
+// Keys of 72 channels (four 16-float packets and a remainder of eight) and values of 36 run the
+// packet products of the chunked forms through their full blocks as well as their edges.
+template <class S>
+void expect_wide_heads_agree(double tolerance) {
+    const LayerOptions wide{.heads = 1, .key_dim = 72, .value_dim = 36};
+    for (Index C : {16, 32}) {
+        const Index T = 2 * C + 5;
+        expect_modes_agree<S>(presets::gated_deltanet(wide), T, C, tolerance);
+        expect_modes_agree<S>(presets::gla(wide), T, C, tolerance);
+        expect_modes_agree<S>(presets::kda(wide), T, C, tolerance);
+        expect_modes_agree<S>(presets::rwkv7(wide), T, C, tolerance);
+        expect_modes_agree<S>(presets::mesanet(wide, {1.0}, LinearSolver::conjugate_gradient, 4), T, C, tolerance);
+    }
+}
+
+TEST(ChunkedForm, WideHeadsAgreeInDouble) { expect_wide_heads_agree<double>(1e-12); }
+TEST(ChunkedForm, WideHeadsAgreeInFloat) { expect_wide_heads_agree<float>(2e-5); }
+
 TEST(ChunkedForm, RejectsLayersWithoutAnExactChunkedForm) {
     LayerOptions options{.heads = 1, .key_dim = 4, .value_dim = 4};
     options.execution = Execution::chunked;

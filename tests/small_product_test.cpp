@@ -1,6 +1,6 @@
-// The packet product Z = U W^T of the MLP memories' matrix form against Eigen's product, over
-// shapes that hit every edge of its blocking: groups of rows of U shorter than a packet, rows of W
-// left over from the blocks of eight, and sizes that are not whole packets.
+// The packet products of the chunked forms and the MLP memories' matrix form against Eigen's
+// products, over shapes that hit every edge of their blocking: groups of rows shorter than a
+// packet, rows of W left over from the blocks, and sizes that are not whole packets.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -43,6 +43,41 @@ void expect_matches_eigen(double tolerance) {
 
 TEST(PacketProduct, MatchesEigenInFloat) { expect_matches_eigen<float>(1e-6); }
 TEST(PacketProduct, MatchesEigenInDouble) { expect_matches_eigen<double>(1e-15); }
+
+template <class S>
+void expect_scaled_write_matches_eigen(double tolerance) {
+    std::mt19937 rng(13);
+    int checked = 0;
+    for (Index n : {1, 5, 16, 17}) {
+        for (Index out : {1, 3, 4, 7, 64, 66}) {
+            for (Index in : {1, 5, 16, 64, 70, 128}) {
+                // A and B are blocks of rows inside larger matrices, as the chunks of a sequence are.
+                const Mat<S> A_rows = random_matrix<S>(n + 2, out, rng), B_rows = random_matrix<S>(n + 2, in, rng);
+                const auto A = A_rows.middleRows(1, n);
+                const auto B = B_rows.middleRows(1, n);
+                const Mat<S> W = random_matrix<S>(out, in, rng);
+                const Vec<S> d = random_matrix<S>(in, 1, rng).col(0);
+                const S scale = S(0.75);
+
+                Mat<S> by_column = W, by_number = W;
+                detail::scale_and_add_transpose_product(A, B, d, by_column);
+                detail::scale_and_add_transpose_product(A, B, scale, by_number);
+                const Mat<S> want_column = W * d.asDiagonal() + A.transpose() * B;
+                const Mat<S> want_number = scale * W + A.transpose() * B;
+                const double bound = tolerance * static_cast<double>(n + 1);
+                EXPECT_LE((by_column - want_column).cwiseAbs().maxCoeff(), bound)
+                    << "column scales, n=" << n << " out=" << out << " in=" << in;
+                EXPECT_LE((by_number - want_number).cwiseAbs().maxCoeff(), bound)
+                    << "one scale, n=" << n << " out=" << out << " in=" << in;
+                ++checked;
+            }
+        }
+    }
+    EXPECT_EQ(checked, 4 * 6 * 6);
+}
+
+TEST(PacketProduct, ScaledWriteMatchesEigenInFloat) { expect_scaled_write_matches_eigen<float>(1e-6); }
+TEST(PacketProduct, ScaledWriteMatchesEigenInDouble) { expect_scaled_write_matches_eigen<double>(1e-15); }
 
 // The rows of U are independent: each row of Z is the same whether U has one row or many, so a
 // token's output does not depend on where its mini-batch is cut.

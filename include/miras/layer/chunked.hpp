@@ -39,6 +39,7 @@
 
 #include "miras/algorithm/gradient_step.hpp"
 #include "miras/layer/options.hpp"
+#include "miras/layer/small_product.hpp"
 #include "miras/bias/dot_product.hpp"
 #include "miras/bias/l2.hpp"
 #include "miras/memory/matrix.hpp"
@@ -133,8 +134,7 @@ void finish_chunk_per_head(const QRows& Qn, const KRows& Kn, const URows& Un, co
     const S last = G[n - 1];
     auto Wn = scaled_keys.topRows(n);
     for (Index r = 0; r < n; ++r) Wn.row(r) = math::exp(last - G[r]) * Kn.row(r);
-    W *= math::exp(last);
-    W.noalias() += Un.transpose() * Wn;
+    scale_and_add_transpose_product(Un, Wn, S(math::exp(last)), W);
 }
 
 /// Sets out[r, i] = sum_c X[r, c] Y[i, c] exp(R[r, c] - G[i, c]) for i < r (i <= r with
@@ -215,9 +215,11 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
     // the decayed predictions eta exp(E) P (delta rule) above the decayed queries exp(G) Q.
     const Index reads_of_start = delta ? 2 * C : C;
     Mat<S> stacked(reads_of_start, K), from_start(reads_of_start, V);
+    PacketProductScratch<S> product_scratch;
     Vec<S> G(C), E(C), eta(C);
     // Per-channel decay: cumulative log-decays and prediction exponents per key channel.
     Mat<S> Gm(channel ? C : 0, K), Em(channel ? C : 0, K), scratch(channel ? C : 0, K);
+    Vec<S> end_decay(channel ? K : 0);
 
     for (Index start = 0; start < pairs; start += C) {
         const Index n = std::min(C, pairs - start);
@@ -272,8 +274,7 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
         } else {
             for (Index r = 0; r < n; ++r) stacked.row(m + r) = math::exp(G[r]) * Qn.row(r);
         }
-        auto read_start = from_start.topRows(m + n);
-        read_start.noalias() = stacked.topRows(m + n) * W.transpose();
+        multiply_by_transpose_into(stacked.topRows(m + n), W, from_start.topRows(m + n), product_scratch);
 
         // U = (I + A)^{-1} (diag(eta) V - diag(eta) (P * exp(E)) W_0^T).
         auto Un = U.topRows(n);
@@ -303,8 +304,8 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
             for (Index r = 0; r < n; ++r) {
                 Wn.row(r) = Kn.row(r).array() * (Gm.row(n - 1) - Gm.row(r)).array().exp();
             }
-            W.array().rowwise() *= Gm.row(n - 1).array().exp();
-            W.noalias() += Un.transpose() * Wn;
+            end_decay = Gm.row(n - 1).array().exp().transpose();
+            scale_and_add_transpose_product(Un, Wn, end_decay, W);
         } else {
             decay_mask(G, G, n, /*include_diagonal=*/true, mask);
             finish_chunk_per_head(Qn, Kn, Un, G, n, mask, A, Wk, W, On);

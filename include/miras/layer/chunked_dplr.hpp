@@ -62,8 +62,11 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
     const S scale = S(layer.query_scale());
     const bool gradient_first = layer.retention().placement == Placement::gradient_then_decay;
 
-    Mat<S> Q(C, K), Kc(C, K), Ac(C, K), Bc(C, K), Vc(C, V), Y(C, V), L_ab(C, C), L_ak(C, C);
-    Mat<S> G(C, K), E(C, K), scratch(C, K), decayed(C, K);
+    // Y has room for the chunk's rows of V below its own for the state update.
+    Mat<S> Q(C, K), Kc(C, K), Ac(C, K), Bc(C, K), Vc(C, V), Y(2 * C, V), L_ab(C, C), L_ak(C, C);
+    Mat<S> G(C, K), E(C, K), scratch(2 * C, K), decayed(C, K);
+    Vec<S> end_decay(K);
+    PacketProductScratch<S> product_scratch;
     // Rows [0, n) are A * exp(E), the removal keys at the state they read. Rows [n, 2n) are Q * exp(G).
     Mat<S> stacked(2 * C, K), from_start(2 * C, V);
 
@@ -89,7 +92,7 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
 
         stacked.topRows(n) = (Ac.topRows(n).array() * E.topRows(n).array().exp()).matrix();
         stacked.middleRows(n, n) = (Q.topRows(n).array() * G.topRows(n).array().exp()).matrix();
-        from_start.topRows(2 * n).noalias() = stacked.topRows(2 * n) * W.transpose();
+        multiply_by_transpose_into(stacked.topRows(2 * n), W, from_start.topRows(2 * n), product_scratch);
 
         // (I - L_ab) Y = (A * exp(E)) W_0^T + L_ak diag(eta) V.
         decayed_products(Ac, E, Bc, G, n, /*include_diagonal=*/false, scratch, L_ab);
@@ -115,11 +118,12 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
         // W_C = W_0 diag(exp(G_C)) + Y^T (B * exp(G_C - G)) + V^T diag(eta) (K * exp(G_C - G)).
         auto ratio = decayed.topRows(n);
         for (Index r = 0; r < n; ++r) ratio.row(r) = (G.row(n - 1) - G.row(r)).array().exp();
-        W.array().rowwise() *= G.row(n - 1).array().exp();
+        // One product over the stacked rows [Y; diag(eta) V] and [B; K] * exp(G_C - G).
+        Y.middleRows(n, n) = Vn;
         scratch.topRows(n) = (Bc.topRows(n).array() * ratio.array()).matrix();
-        W.noalias() += Yn.transpose() * scratch.topRows(n);
-        scratch.topRows(n) = (Kc.topRows(n).array() * ratio.array()).matrix();
-        W.noalias() += Vn.transpose() * scratch.topRows(n);
+        scratch.middleRows(n, n) = (Kc.topRows(n).array() * ratio.array()).matrix();
+        end_decay = G.row(n - 1).array().exp().transpose();
+        scale_and_add_transpose_product(Y.topRows(2 * n), scratch.topRows(2 * n), end_decay, W);
     }
     if constexpr (std::is_same_v<typename L::retention_type, NoRetention>) (void)retention_gates;
 }

@@ -64,6 +64,7 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
     Mat<S> Q(C, K), Kc(C, K), Vc(C, V), Z(C, K), mask(C, C), P(C, C), weighted(C, K), stacked(C, K),
         O(C, V), U(C, V), diagonal(C, K);
     Vec<S> G(C), g(C), beta(C), lambda(K);
+    PacketProductScratch<S> product_scratch;
     {
         const GateValues<S> ridge = algorithm_gates.lambda.at(b, 0, h);
         for (Index c = 0; c < K; ++c) lambda[c] = ridge[c];
@@ -109,7 +110,7 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
                 auto out_n = out.topRows(n);
                 auto Pn = P.topLeftCorner(n, n);
                 // Row r: (H_0 x_r)^T exp(G_r).
-                out_n.noalias() = X.topRows(n) * Hs.transpose();
+                multiply_by_transpose_into(X.topRows(n), Hs, out_n, product_scratch);
                 for (Index r = 0; r < n; ++r) out_n.row(r) *= math::exp(G[r]);
                 Pn.noalias() = X.topRows(n) * Kn.transpose();
                 Pn.array() *= mask.topLeftCorner(n, n).array();
@@ -126,8 +127,7 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
         } else {
             const S last = G[n - 1];
             for (Index r = 0; r < n; ++r) stacked_n.row(r) = (beta[r] * math::exp(last - G[r])) * Kn.row(r);
-            Hs *= math::exp(last);
-            Hs.noalias() += Kn.transpose() * stacked_n;
+            scale_and_add_transpose_product(Kn, stacked_n, S(math::exp(last)), Hs);
         }
 
         // O = diag(exp(G)) Z W_0^T + (mask * Z K^T) U with U = diag(beta) V, the per-head decayed
@@ -135,7 +135,7 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
         auto Zn = Z.topRows(n);
         for (Index r = 0; r < n; ++r) stacked_n.row(r) = math::exp(G[r]) * Zn.row(r);
         auto On = O.topRows(n);
-        On.noalias() = stacked_n * W.transpose();
+        multiply_by_transpose_into(stacked_n, W, On, product_scratch);
         auto Un = U.topRows(n);
         Un.noalias() = beta.head(n).asDiagonal() * Vc.topRows(n);
         finish_chunk_per_head(Zn, Kn, Un, G, n, mask, P, stacked, W, On);

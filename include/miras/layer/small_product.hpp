@@ -1,13 +1,18 @@
-// Products of the few rows of a mini-batch with a weight matrix, Z = U W^T, for the matrix form of
-// the MLP memories (minibatch_mlp.hpp). Eigen's general product packs W into a panel layout before
-// every product, and with the 16 rows of a mini-batch that packing takes most of the time. On an
-// Intel Xeon with AVX-512, Eigen ran the product of 16 x 64 rows with a 256 x 64 W at 52 to 57% of
-// its large GEMM rate, and the loop below at about 95%. Here W is read where it lies instead. The
-// rows of U go in groups of one SIMD packet (16 floats with AVX-512) into the columns of a small
-// transposed block Ut. Each row j of W gives the packet Zt[j] = sum_k W[j, k] Ut[k], one broadcast
-// of W[j, k] and one fused multiply-add per k, eight rows of W at a time. A last transpose puts
-// the packets back as columns of Z. The sums run over k in the same order for every entry, so a
-// row of Z does not depend on the other rows of U.
+// Products of the few rows of a chunk or a mini-batch with a state or weight matrix, for the
+// chunked forms (chunked.hpp, chunked_dplr.hpp, chunked_mesa.hpp) and the matrix form of the MLP
+// memories (minibatch_mlp.hpp). Eigen's general product packs its operands into a panel layout
+// before every product, and with the 16 to 64 rows of a chunk or a mini-batch that packing costs
+// a large share of the time. On an Intel Xeon with AVX-512, Eigen ran the product of 16 x 64 rows
+// with a 256 x 64 W at 52 to 57% of its large GEMM rate, and the loop below at about 95%.
+//
+// The reads Z = U W^T take W where it lies. The rows of U go in groups of one SIMD packet (16
+// floats with AVX-512) into the columns of a small transposed block Ut. Each row j of W gives the
+// packet Zt[j] = sum_k W[j, k] Ut[k], one broadcast of W[j, k] and one fused multiply-add per k,
+// eight rows of W at a time. A last transpose puts the packets back as columns of Z. The sums run
+// over k in the same order for every entry, so a row of Z does not depend on the other rows of U.
+//
+// The writes W <- W diag(d) + A^T B keep a block of four rows by four packets of W in registers
+// while the n rows of A and B go past, so the decay and the write take one pass over W.
 #pragma once
 
 #include <algorithm>
@@ -71,11 +76,14 @@ struct PacketProductScratch {
     Mat<S> Ut, Zt;
 };
 
-/// Sets Z = U W^T for U of n x in and W of out x in, both row-major. For float and double it runs
-/// on the SIMD packets above, one group of rows of U per packet width, the last group padded with
-/// zeros. For other scalars it is Eigen's product.
-template <class S>
-void multiply_by_transpose(const Mat<S>& U, const Mat<S>& W, Mat<S>& Z, PacketProductScratch<S>& scratch) {
+/// Sets Z = U W^T for U of n x in and W of out x in, with Z already n x out. U and Z are
+/// row-major matrices or blocks of rows of one, and W a row-major matrix. For float and double it
+/// runs on the SIMD packets above, one group of rows of U per packet width, the last group padded
+/// with zeros. For other scalars it is Eigen's product.
+template <class S, class URows, class ZRows>
+void multiply_by_transpose_into(const URows& U, const Mat<S>& W, ZRows&& Z, PacketProductScratch<S>& scratch) {
+    const Index n = U.rows(), in = U.cols(), out = W.rows();
+    eigen_assert(W.cols() == in && Z.rows() == n && Z.cols() == out);
     if constexpr (!packet_product_v<S>) {
         (void)scratch;
         Z.noalias() = U * W.transpose();
@@ -83,24 +91,116 @@ void multiply_by_transpose(const Mat<S>& U, const Mat<S>& W, Mat<S>& Z, PacketPr
         using Packet = typename Eigen::internal::packet_traits<S>::type;
         constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
         constexpr int R = 8;
-        const Index n = U.rows(), in = U.cols(), out = W.rows();
-        eigen_assert(W.cols() == in);
-        Z.resize(n, out);
         // Rows of P numbers, which keeps every packet of Ut and Zt on the alignment of its buffer.
         scratch.Ut.resize(in, P);
         scratch.Zt.resize(out, P);
         S* Ut = scratch.Ut.data();
         S* Zt = scratch.Zt.data();
         const Index full = out / R * R;
+        const Index ld_u = U.outerStride(), ld_z = Z.outerStride();
         for (Index first = 0; first < n; first += P) {
             const Index rows = std::min(P, n - first);
             if (rows < P) scratch.Ut.setZero();
-            transpose_into(&U(first, 0), rows, in, Index(U.outerStride()), Ut, P);
+            transpose_into(U.data() + first * ld_u, rows, in, ld_u, Ut, P);
             for (Index j = 0; j < full; j += R) rows_times_packets<R>(W.data() + j * in, in, Ut, Zt + j * P);
             for (Index j = full; j < out; ++j) rows_times_packets<1>(W.data() + j * in, in, Ut, Zt + j * P);
-            transpose_into(Zt, out, rows, P, Z.data() + first * out, out);
+            transpose_into(Zt, out, rows, P, Z.data() + first * ld_z, ld_z);
         }
     }
+}
+
+/// Sets Z = U W^T as multiply_by_transpose_into does, sizing Z to n x out first.
+template <class S>
+void multiply_by_transpose(const Mat<S>& U, const Mat<S>& W, Mat<S>& Z, PacketProductScratch<S>& scratch) {
+    Z.resize(U.rows(), W.rows());
+    multiply_by_transpose_into(U, W, Z, scratch);
+}
+
+/// Sets W[j, c] <- W[j, c] d[c] + sum_i A[i, j] B[i, c] for the RJ rows of W from `first_row` and
+/// the CP packets of columns from c0, with the sum over the n rows of A and B. A null d scales
+/// every column by `scale`.
+template <int RJ, int CP, class S>
+EIGEN_ALWAYS_INLINE void scaled_add_block(const S* A, Index ld_a, const S* B, Index ld_b, Index n, const S* d, S scale,
+                                          S* W, Index ld_w, Index first_row, Index c0) {
+    using Packet = typename Eigen::internal::packet_traits<S>::type;
+    constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
+    Packet sum[RJ][CP], column_scale[CP];
+    for (int p = 0; p < CP; ++p) {
+        column_scale[p] = d ? Eigen::internal::ploadu<Packet>(d + c0 + p * P) : Eigen::internal::pset1<Packet>(scale);
+    }
+    for (int j = 0; j < RJ; ++j) {
+        const S* row = W + (first_row + j) * ld_w + c0;
+        for (int p = 0; p < CP; ++p) sum[j][p] = Eigen::internal::pmul(Eigen::internal::ploadu<Packet>(row + p * P), column_scale[p]);
+    }
+    for (Index i = 0; i < n; ++i) {
+        Packet b[CP];
+        for (int p = 0; p < CP; ++p) b[p] = Eigen::internal::ploadu<Packet>(B + i * ld_b + c0 + p * P);
+        for (int j = 0; j < RJ; ++j) {
+            const Packet a = Eigen::internal::pset1<Packet>(A[i * ld_a + first_row + j]);
+            for (int p = 0; p < CP; ++p) sum[j][p] = Eigen::internal::pmadd(a, b[p], sum[j][p]);
+        }
+    }
+    for (int j = 0; j < RJ; ++j) {
+        S* row = W + (first_row + j) * ld_w + c0;
+        for (int p = 0; p < CP; ++p) Eigen::internal::pstoreu(row + p * P, sum[j][p]);
+    }
+}
+
+/// Sets W <- W diag(d) + A^T B for A of n x out, B of n x in and W of out x in, all row-major (A
+/// and B may be blocks of rows). A null d scales every column by `scale`. For float and double it
+/// runs on SIMD packets, four rows of W by four packets at a time, so each entry of W is read and
+/// written once. For other scalars it is Eigen's product.
+template <class S, class ARows, class BRows>
+void scale_and_add_transpose_product_impl(const ARows& A, const BRows& B, const S* d, S scale, Mat<S>& W) {
+    const Index n = A.rows(), out = W.rows(), in = W.cols();
+    eigen_assert(A.cols() == out && B.rows() == n && B.cols() == in);
+    if constexpr (!packet_product_v<S>) {
+        if (d) W = W * Eigen::Map<const Vec<S>>(d, in).asDiagonal();
+        else W *= scale;
+        W.noalias() += A.transpose() * B;
+    } else {
+        using Packet = typename Eigen::internal::packet_traits<S>::type;
+        constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
+        constexpr int RJ = 4, CP = 4;
+        const S* a = A.data();
+        const S* b = B.data();
+        const Index ld_a = A.outerStride(), ld_b = B.outerStride();
+        const Index wide = in / (CP * P) * (CP * P), packets = in / P * P;
+        for (Index j = 0; j < out; j += RJ) {
+            const Index last = std::min(j + RJ, out);
+            for (Index c = 0; c < wide; c += CP * P) {
+                if (last - j == RJ) {
+                    scaled_add_block<RJ, CP>(a, ld_a, b, ld_b, n, d, scale, W.data(), in, j, c);
+                } else {
+                    for (Index r = j; r < last; ++r) scaled_add_block<1, CP>(a, ld_a, b, ld_b, n, d, scale, W.data(), in, r, c);
+                }
+            }
+            for (Index c = wide; c < packets; c += P) {
+                for (Index r = j; r < last; ++r) scaled_add_block<1, 1>(a, ld_a, b, ld_b, n, d, scale, W.data(), in, r, c);
+            }
+            for (Index r = j; r < last; ++r) {
+                for (Index c = packets; c < in; ++c) {
+                    S sum = W(r, c) * (d ? d[c] : scale);
+                    for (Index i = 0; i < n; ++i) sum += a[i * ld_a + r] * b[i * ld_b + c];
+                    W(r, c) = sum;
+                }
+            }
+        }
+    }
+}
+
+/// Sets W <- W diag(d) + A^T B (see scale_and_add_transpose_product_impl): the write of n rows into a
+/// state whose key channels decay by d.
+template <class S, class ARows, class BRows>
+void scale_and_add_transpose_product(const ARows& A, const BRows& B, const Vec<S>& d, Mat<S>& W) {
+    eigen_assert(d.size() == W.cols());
+    scale_and_add_transpose_product_impl(A, B, d.data(), S(0), W);
+}
+
+/// Sets W <- scale W + A^T B: the write of n rows into a state that decays by one number.
+template <class S, class ARows, class BRows>
+void scale_and_add_transpose_product(const ARows& A, const BRows& B, S scale, Mat<S>& W) {
+    scale_and_add_transpose_product_impl(A, B, static_cast<const S*>(nullptr), scale, W);
 }
 
 #if defined(__GNUC__)

@@ -79,6 +79,32 @@ void expect_scaled_write_matches_eigen(double tolerance) {
 TEST(PacketProduct, ScaledWriteMatchesEigenInFloat) { expect_scaled_write_matches_eigen<float>(1e-6); }
 TEST(PacketProduct, ScaledWriteMatchesEigenInDouble) { expect_scaled_write_matches_eigen<double>(1e-15); }
 
+template <class S>
+void expect_row_product_matches_eigen(double tolerance) {
+    std::mt19937 rng(17);
+    detail::PacketProductScratch<S> scratch;
+    Mat<S> E;
+    int checked = 0;
+    for (Index n : {1, 5, 16, 17}) {
+        for (Index out : {1, 7, 64, 70}) {
+            for (Index in : {1, 5, 16, 64, 70, 256}) {
+                const Mat<S> D = random_matrix<S>(n, out, rng), W = random_matrix<S>(out, in, rng);
+                detail::multiply_rows(D, W, E, scratch);
+                const Mat<S> want = D * W;
+                ASSERT_EQ(E.rows(), n);
+                ASSERT_EQ(E.cols(), in);
+                EXPECT_LE((E - want).cwiseAbs().maxCoeff(), tolerance * static_cast<double>(out))
+                    << "n=" << n << " out=" << out << " in=" << in;
+                ++checked;
+            }
+        }
+    }
+    EXPECT_EQ(checked, 4 * 4 * 6);
+}
+
+TEST(PacketProduct, RowProductMatchesEigenInFloat) { expect_row_product_matches_eigen<float>(1e-6); }
+TEST(PacketProduct, RowProductMatchesEigenInDouble) { expect_row_product_matches_eigen<double>(1e-15); }
+
 // The rows of U are independent: each row of Z is the same whether U has one row or many, so a
 // token's output does not depend on where its mini-batch is cut.
 TEST(PacketProduct, RowsDoNotDependOnTheirGroup) {

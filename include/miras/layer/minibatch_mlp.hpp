@@ -265,7 +265,11 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
         const auto ul = static_cast<std::size_t>(l);
         if (l + 1 < depth) errors.array() *= slopes[ul].array();
         deltas[ul] = errors;
-        if (l > 0) errors = (errors * W0.weights[ul]).eval();
+        if (l > 0) {
+            Mat<S> below;
+            multiply_rows(errors, W0.weights[ul], below, scratch);
+            errors = std::move(below);
+        }
     }
     if constexpr (momentum) {
         for (auto& delta : deltas) delta = gamma.asDiagonal() * delta;
@@ -332,23 +336,31 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
         if (algorithm.form == MiniBatchRate::query_token) sum_weights.setOnes();
         if (algorithm.form == MiniBatchRate::factored) sum_weights = eta;
     }
+    // Each weight update is one pass of scale_and_add_transpose_product, A^T B with A the errors
+    // and B the weighted layer inputs (negated for the steps).
+    Mat<S> weighted_inputs;
     for (Index l = 0; l < depth; ++l) {
         const auto ul = static_cast<std::size_t>(l);
-        W.weights[ul] = s[last] * state.start.weights[ul];
-        W.weights[ul].noalias() -= deltas[ul].transpose() * (weights_last.asDiagonal() * inputs_at_start[ul]);
+        if constexpr (momentum) {
+            W.weights[ul] = s[last] * state.start.weights[ul] + m[last] * state.momentum.weights[ul];
+        } else {
+            W.weights[ul] = s[last] * state.start.weights[ul];
+        }
+        weighted_inputs.noalias() = -(weights_last.asDiagonal() * inputs_at_start[ul]);
+        scale_and_add_transpose_product(deltas[ul], weighted_inputs, S(1), W.weights[ul]);
         if (biases) W.biases[ul] = s[last] * state.start.biases[ul] - deltas[ul].transpose() * weights_last;
         if constexpr (momentum) {
-            W.weights[ul] += m[last] * state.momentum.weights[ul];
-            state.momentum.weights[ul] *= carry[0] * theta[0];
-            state.momentum.weights[ul].noalias() -=
-                deltas[ul].transpose() * (sum_weights.asDiagonal() * inputs_at_start[ul]);
+            weighted_inputs.noalias() = -(sum_weights.asDiagonal() * inputs_at_start[ul]);
+            scale_and_add_transpose_product(deltas[ul], weighted_inputs, S(carry[0] * theta[0]), state.momentum.weights[ul]);
             if (biases) {
                 W.biases[ul] += m[last] * state.momentum.biases[ul];
                 state.momentum.biases[ul] = carry[0] * theta[0] * state.momentum.biases[ul] -
                                             deltas[ul].transpose() * sum_weights;
             }
         } else {
-            state.sum.weights[ul].noalias() = deltas[ul].transpose() * (sum_weights.asDiagonal() * inputs_at_start[ul]);
+            weighted_inputs.noalias() = sum_weights.asDiagonal() * inputs_at_start[ul];
+            state.sum.weights[ul].setZero(W.weights[ul].rows(), W.weights[ul].cols());
+            scale_and_add_transpose_product(deltas[ul], weighted_inputs, S(0), state.sum.weights[ul]);
             if (biases) state.sum.biases[ul] = deltas[ul].transpose() * sum_weights;
         }
     }

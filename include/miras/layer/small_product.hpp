@@ -203,6 +203,24 @@ void scale_and_add_transpose_product(const ARows& A, const BRows& B, S scale, Ma
     scale_and_add_transpose_product_impl(A, B, static_cast<const S*>(nullptr), scale, W);
 }
 
+/// Sets E = D W for D of n x out and W of out x in, both row-major: the backpropagation of n rows
+/// through a layer. For float and double, D^T goes into the scratch, and E = (D^T)^T W runs as the
+/// write above from E = 0. For other scalars it is Eigen's product.
+template <class S>
+void multiply_rows(const Mat<S>& D, const Mat<S>& W, Mat<S>& E, PacketProductScratch<S>& scratch) {
+    if constexpr (!packet_product_v<S>) {
+        (void)scratch;
+        E.noalias() = D * W;
+    } else {
+        const Index n = D.rows(), out = D.cols();
+        eigen_assert(W.rows() == out);
+        scratch.Ut.resize(out, n);
+        transpose_into(D.data(), n, out, out, scratch.Ut.data(), n);
+        E.setZero(n, W.cols());
+        scale_and_add_transpose_product(scratch.Ut, W, S(0), E);
+    }
+}
+
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif

@@ -1,5 +1,6 @@
 // Threads over (sequence, head) pairs give bitwise the results of one thread, in every execution.
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include <gtest/gtest.h>
@@ -99,6 +100,41 @@ TEST(ParallelFor, RunsEveryTaskOnce) {
     std::vector<std::atomic<int>> runs(100);
     parallel_for(100, 4, [&](Index i) { runs[static_cast<std::size_t>(i)]++; });
     for (std::size_t i = 0; i < runs.size(); ++i) EXPECT_EQ(runs[i].load(), 1) << "task " << i;
+}
+
+// The finiteness check of large inputs and outputs reads its range in one part per thread; a
+// non-finite value in any part, or at either end, must still be found.
+TEST(Threads, FiniteCheckFindsEveryPart) {
+    const Index size = 3 * (Index(1) << 18) + 5;
+    std::vector<float> values(static_cast<std::size_t>(size), 1.0f);
+    for (int threads : {1, 2, 3, 8}) {
+        EXPECT_TRUE(detail::all_finite(values.data(), size, threads)) << threads << " threads";
+        for (Index at : {Index(0), size / 3, size / 2, size - 1}) {
+            for (float bad : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+                values[static_cast<std::size_t>(at)] = bad;
+                EXPECT_FALSE(detail::all_finite(values.data(), size, threads))
+                    << bad << " at " << at << " with " << threads << " threads";
+                values[static_cast<std::size_t>(at)] = 1.0f;
+            }
+        }
+    }
+}
+
+TEST(Threads, NonFiniteInputNamedWithTwoThreads) {
+    LayerOptions two = options;
+    two.threads = 2;
+    const auto layer = presets::deltanet(two);
+    const Index T = (Index(1) << 19) / (options.heads * options.key_dim) + 1;
+    Tensor<float> q({1, T, options.heads, options.key_dim}, 0.1f), k({1, T, options.heads, options.key_dim}, 0.1f);
+    Tensor<float> v({1, T, options.heads, options.value_dim}, 0.1f);
+    q[q.size() - 1] = std::numeric_limits<float>::quiet_NaN();
+    try {
+        (void)layer.forward(Inputs<float>{q.view(), k.view(), v.view(), {}});
+        FAIL() << "expected an InputError for the last value of q";
+    } catch (const InputError& error) {
+        EXPECT_NE(std::string(error.what()).find("input 'q'"), std::string::npos) << error.what();
+        EXPECT_NE(std::string(error.what()).find("nan"), std::string::npos) << error.what();
+    }
 }
 
 TEST(Threads, RejectsZeroThreads) {

@@ -250,7 +250,7 @@ public:
         binder.check_values();
         Tensor<S> output({B, T, dims_.heads, dims_.value});
         run(inputs, gates, B, T, state, output.data(), static_cast<Workspace<S>*>(nullptr));
-        detail::check_output_finite(output.data(), output.shape());
+        detail::check_output_finite(output.data(), output.shape(), options_.threads);
         return output;
     }
 
@@ -518,9 +518,9 @@ private:
 
     template <class S>
     void check_values(const Inputs<S>& inputs) const {
-        detail::check_finite(inputs.q, "input 'q'", "bthc");
-        detail::check_finite(inputs.k, "input 'k'", "bthc");
-        detail::check_finite(inputs.v, "input 'v'", "bthc");
+        detail::check_finite(inputs.q, "input 'q'", "bthc", options_.threads);
+        detail::check_finite(inputs.k, "input 'k'", "bthc", options_.threads);
+        detail::check_finite(inputs.v, "input 'v'", "bthc", options_.threads);
     }
 
     template <class S>

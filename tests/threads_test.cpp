@@ -102,7 +102,7 @@ TEST(ParallelFor, RunsEveryTaskOnce) {
     for (std::size_t i = 0; i < runs.size(); ++i) EXPECT_EQ(runs[i].load(), 1) << "task " << i;
 }
 
-// The finiteness check of large inputs and outputs reads its range in one part per thread; a
+// The finiteness check of large inputs and outputs reads its range in one part per thread. A
 // non-finite value in any part, or at either end, must still be found.
 TEST(Threads, FiniteCheckFindsEveryPart) {
     const Index size = 3 * (Index(1) << 18) + 5;

@@ -3,6 +3,7 @@
 // packet, rows of W left over from the blocks, and sizes that are not whole packets.
 #include <gtest/gtest.h>
 
+#include <initializer_list>
 #include <random>
 
 #include "miras/layer/small_product.hpp"
@@ -18,27 +19,39 @@ Mat<S> random_matrix(Index rows, Index cols, std::mt19937& rng) {
     return m;
 }
 
+/// Calls check(n, out, in) for every combination of the three lists of sizes, and returns the
+/// number of calls.
+template <class F>
+int for_each_shape(std::initializer_list<Index> ns, std::initializer_list<Index> outs, std::initializer_list<Index> ins,
+                   F&& check) {
+    int calls = 0;
+    for (Index n : ns) {
+        for (Index out : outs) {
+            for (Index in : ins) {
+                check(n, out, in);
+                ++calls;
+            }
+        }
+    }
+    return calls;
+}
+
 template <class S>
 void expect_matches_eigen(double tolerance) {
     std::mt19937 rng(7);
     detail::PacketProductScratch<S> scratch;
     Mat<S> Z;
-    int checked = 0;
-    for (Index n : {1, 3, 8, 15, 16, 17, 33}) {
-        for (Index in : {1, 5, 16, 64, 70}) {
-            for (Index out : {1, 7, 8, 9, 64, 70}) {
-                const Mat<S> U = random_matrix<S>(n, in, rng), W = random_matrix<S>(out, in, rng);
-                detail::multiply_by_transpose(U, W, Z, scratch);
-                const Mat<S> want = U * W.transpose();
-                ASSERT_EQ(Z.rows(), n);
-                ASSERT_EQ(Z.cols(), out);
-                const double worst = (Z - want).cwiseAbs().maxCoeff();
-                EXPECT_LE(worst, tolerance * static_cast<double>(in)) << "n=" << n << " in=" << in << " out=" << out;
-                ++checked;
-            }
-        }
-    }
-    EXPECT_EQ(checked, 7 * 5 * 6);
+    const int checked = for_each_shape({1, 3, 8, 15, 16, 17, 33}, {1, 7, 8, 9, 64, 70}, {1, 5, 16, 64, 70},
+                                       [&](Index n, Index out, Index in) {
+        const Mat<S> U = random_matrix<S>(n, in, rng), W = random_matrix<S>(out, in, rng);
+        detail::multiply_by_transpose(U, W, Z, scratch);
+        const Mat<S> want = U * W.transpose();
+        ASSERT_EQ(Z.rows(), n);
+        ASSERT_EQ(Z.cols(), out);
+        EXPECT_LE((Z - want).cwiseAbs().maxCoeff(), tolerance * static_cast<double>(in))
+            << "n=" << n << " in=" << in << " out=" << out;
+    });
+    EXPECT_EQ(checked, 7 * 6 * 5);
 }
 
 TEST(PacketProduct, MatchesEigenInFloat) { expect_matches_eigen<float>(1e-6); }
@@ -47,32 +60,27 @@ TEST(PacketProduct, MatchesEigenInDouble) { expect_matches_eigen<double>(1e-15);
 template <class S>
 void expect_scaled_write_matches_eigen(double tolerance) {
     std::mt19937 rng(13);
-    int checked = 0;
-    for (Index n : {1, 5, 16, 17}) {
-        for (Index out : {1, 3, 4, 7, 64, 66}) {
-            for (Index in : {1, 5, 16, 64, 70, 128}) {
-                // A and B are blocks of rows inside larger matrices, as the chunks of a sequence are.
-                const Mat<S> A_rows = random_matrix<S>(n + 2, out, rng), B_rows = random_matrix<S>(n + 2, in, rng);
-                const auto A = A_rows.middleRows(1, n);
-                const auto B = B_rows.middleRows(1, n);
-                const Mat<S> W = random_matrix<S>(out, in, rng);
-                const Vec<S> d = random_matrix<S>(in, 1, rng).col(0);
-                const S scale = S(0.75);
+    const int checked = for_each_shape({1, 5, 16, 17}, {1, 3, 4, 7, 64, 66}, {1, 5, 16, 64, 70, 128},
+                                       [&](Index n, Index out, Index in) {
+        // A and B are blocks of rows inside larger matrices, as the chunks of a sequence are.
+        const Mat<S> A_rows = random_matrix<S>(n + 2, out, rng), B_rows = random_matrix<S>(n + 2, in, rng);
+        const auto A = A_rows.middleRows(1, n);
+        const auto B = B_rows.middleRows(1, n);
+        const Mat<S> W = random_matrix<S>(out, in, rng);
+        const Vec<S> d = random_matrix<S>(in, 1, rng).col(0);
+        const S scale = S(0.75);
 
-                Mat<S> by_column = W, by_number = W;
-                detail::scale_and_add_transpose_product(A, B, d, by_column);
-                detail::scale_and_add_transpose_product(A, B, scale, by_number);
-                const Mat<S> want_column = W * d.asDiagonal() + A.transpose() * B;
-                const Mat<S> want_number = scale * W + A.transpose() * B;
-                const double bound = tolerance * static_cast<double>(n + 1);
-                EXPECT_LE((by_column - want_column).cwiseAbs().maxCoeff(), bound)
-                    << "column scales, n=" << n << " out=" << out << " in=" << in;
-                EXPECT_LE((by_number - want_number).cwiseAbs().maxCoeff(), bound)
-                    << "one scale, n=" << n << " out=" << out << " in=" << in;
-                ++checked;
-            }
-        }
-    }
+        Mat<S> by_column = W, by_number = W;
+        detail::scale_and_add_transpose_product(A, B, d, by_column);
+        detail::scale_and_add_transpose_product(A, B, scale, by_number);
+        const Mat<S> want_column = W * d.asDiagonal() + A.transpose() * B;
+        const Mat<S> want_number = scale * W + A.transpose() * B;
+        const double bound = tolerance * static_cast<double>(n + 1);
+        EXPECT_LE((by_column - want_column).cwiseAbs().maxCoeff(), bound)
+            << "column scales, n=" << n << " out=" << out << " in=" << in;
+        EXPECT_LE((by_number - want_number).cwiseAbs().maxCoeff(), bound)
+            << "one scale, n=" << n << " out=" << out << " in=" << in;
+    });
     EXPECT_EQ(checked, 4 * 6 * 6);
 }
 
@@ -84,29 +92,53 @@ void expect_row_product_matches_eigen(double tolerance) {
     std::mt19937 rng(17);
     detail::PacketProductScratch<S> scratch;
     Mat<S> E;
-    int checked = 0;
-    for (Index n : {1, 5, 16, 17}) {
-        for (Index out : {1, 7, 64, 70}) {
-            for (Index in : {1, 5, 16, 64, 70, 256}) {
-                const Mat<S> D = random_matrix<S>(n, out, rng), W = random_matrix<S>(out, in, rng);
-                detail::multiply_rows(D, W, E, scratch);
-                const Mat<S> want = D * W;
-                ASSERT_EQ(E.rows(), n);
-                ASSERT_EQ(E.cols(), in);
-                EXPECT_LE((E - want).cwiseAbs().maxCoeff(), tolerance * static_cast<double>(out))
-                    << "n=" << n << " out=" << out << " in=" << in;
-                ++checked;
-            }
-        }
-    }
+    const int checked = for_each_shape({1, 5, 16, 17}, {1, 7, 64, 70}, {1, 5, 16, 64, 70, 256},
+                                       [&](Index n, Index out, Index in) {
+        const Mat<S> D = random_matrix<S>(n, out, rng), W = random_matrix<S>(out, in, rng);
+        detail::multiply_rows(D, W, E, scratch);
+        const Mat<S> want = D * W;
+        ASSERT_EQ(E.rows(), n);
+        ASSERT_EQ(E.cols(), in);
+        EXPECT_LE((E - want).cwiseAbs().maxCoeff(), tolerance * static_cast<double>(out))
+            << "n=" << n << " out=" << out << " in=" << in;
+    });
     EXPECT_EQ(checked, 4 * 4 * 6);
 }
 
 TEST(PacketProduct, RowProductMatchesEigenInFloat) { expect_row_product_matches_eigen<float>(1e-6); }
 TEST(PacketProduct, RowProductMatchesEigenInDouble) { expect_row_product_matches_eigen<double>(1e-15); }
 
-// The rows of U are independent: each row of Z is the same whether U has one row or many, so a
-// token's output does not depend on where its mini-batch is cut.
+// Each row of Z is the same whether U has one row or many, so the product of a row does not
+// depend on how many rows share its group (a partial last chunk, for one).
+// U and Z as blocks inside larger matrices, whose rows are longer than the block: the products
+// must read and write the block alone.
+TEST(PacketProduct, StridedBlocksMatchEigen) {
+    std::mt19937 rng(19);
+    detail::PacketProductScratch<float> scratch;
+    const Mat<float> U_all = random_matrix<float>(20, 80, rng), W = random_matrix<float>(70, 64, rng);
+    const auto U = U_all.block(2, 5, 17, 64);
+    Mat<float> Z_all = Mat<float>::Constant(21, 90, 7.0f);
+    auto Z = Z_all.block(3, 4, 17, 70);
+    detail::multiply_by_transpose_into(U, W, Z, scratch);
+    const Mat<float> want = U * W.transpose();
+    EXPECT_LE((Mat<float>(Z) - want).cwiseAbs().maxCoeff(), 1e-4f);
+    for (Index r = 0; r < Z_all.rows(); ++r) {
+        for (Index c = 0; c < Z_all.cols(); ++c) {
+            const bool inside = r >= 3 && r < 20 && c >= 4 && c < 74;
+            if (!inside) EXPECT_EQ(Z_all(r, c), 7.0f) << "row " << r << " column " << c;
+        }
+    }
+
+    const Mat<float> A_all = random_matrix<float>(18, 50, rng), B_all = random_matrix<float>(18, 90, rng);
+    const auto A = A_all.block(1, 3, 16, 40);
+    const auto B = B_all.block(1, 6, 16, 72);
+    const Mat<float> start = random_matrix<float>(40, 72, rng);
+    Mat<float> written = start;
+    detail::scale_and_add_transpose_product(A, B, 0.5f, written);
+    const Mat<float> expected = 0.5f * start + A.transpose() * B;
+    EXPECT_LE((written - expected).cwiseAbs().maxCoeff(), 1e-4f);
+}
+
 TEST(PacketProduct, RowsDoNotDependOnTheirGroup) {
     std::mt19937 rng(11);
     detail::PacketProductScratch<float> scratch;

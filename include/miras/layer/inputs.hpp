@@ -105,7 +105,8 @@ bool all_in_range(const S* data, Index size, Range range) {
     }
 }
 
-/// Returns whether every value is finite, reading a large range in `threads` parts at once. The
+/// Returns whether every value is finite, reading a range in up to `threads` parts of at least
+/// 2^18 values at once (a range under 2^19 values stays on one thread). The
 /// reads run at the speed of memory, and a single-threaded pass over the inputs and outputs of a
 /// call would limit the speed-up of its threads.
 template <class S>

@@ -336,8 +336,8 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
         if (algorithm.form == MiniBatchRate::query_token) sum_weights.setOnes();
         if (algorithm.form == MiniBatchRate::factored) sum_weights = eta;
     }
-    // Each weight update is one pass of scale_and_add_transpose_product, A^T B with A the errors
-    // and B the weighted layer inputs (negated for the steps).
+    // Each weight update scales the start weights (and adds the momentum) in one pass, then adds
+    // A^T B in another, with A the errors and B the weighted layer inputs (negated for the steps).
     Mat<S> weighted_inputs;
     for (Index l = 0; l < depth; ++l) {
         const auto ul = static_cast<std::size_t>(l);

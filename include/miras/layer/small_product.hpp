@@ -3,7 +3,7 @@
 // memories (minibatch_mlp.hpp). Eigen's general product packs its operands into a panel layout
 // before every product, and with the 16 to 64 rows of a chunk or a mini-batch that packing costs
 // a large share of the time. On an Intel Xeon with AVX-512, Eigen ran the product of 16 x 64 rows
-// with a 256 x 64 W at 52 to 57% of its large GEMM rate, and the loop below at about 95%.
+// with a 256 x 64 W at 52 to 57% of its large GEMM rate.
 //
 // The reads Z = U W^T take W where it lies. The rows of U go in groups of one SIMD packet (16
 // floats with AVX-512) into the columns of a small transposed block Ut. Each row j of W gives the
@@ -64,10 +64,10 @@ EIGEN_ALWAYS_INLINE void rows_times_packets(const S* rows, Index in, const S* Ut
     Packet sum[R];
     for (int j = 0; j < R; ++j) sum[j] = Eigen::internal::pset1<Packet>(S(0));
     for (Index k = 0; k < in; ++k) {
-        const Packet u = Eigen::internal::pload<Packet>(Ut + k * P);
+        const Packet u = Eigen::internal::ploadu<Packet>(Ut + k * P);
         for (int j = 0; j < R; ++j) sum[j] = Eigen::internal::pmadd(Eigen::internal::pset1<Packet>(rows[j * in + k]), u, sum[j]);
     }
-    for (int j = 0; j < R; ++j) Eigen::internal::pstore(Zt + j * P, sum[j]);
+    for (int j = 0; j < R; ++j) Eigen::internal::pstoreu(Zt + j * P, sum[j]);
 }
 
 /// Workspace of multiply_by_transpose: one group of rows of U transposed, and its products.
@@ -82,6 +82,7 @@ struct PacketProductScratch {
 /// with zeros. For other scalars it is Eigen's product.
 template <class S, class URows, class ZRows>
 void multiply_by_transpose_into(const URows& U, const Mat<S>& W, ZRows&& Z, PacketProductScratch<S>& scratch) {
+    static_assert(URows::IsRowMajor && std::decay_t<ZRows>::IsRowMajor, "U and Z must be row-major");
     const Index n = U.rows(), in = U.cols(), out = W.rows();
     eigen_assert(W.cols() == in && Z.rows() == n && Z.cols() == out);
     if constexpr (!packet_product_v<S>) {
@@ -91,7 +92,7 @@ void multiply_by_transpose_into(const URows& U, const Mat<S>& W, ZRows&& Z, Pack
         using Packet = typename Eigen::internal::packet_traits<S>::type;
         constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
         constexpr int R = 8;
-        // Rows of P numbers, which keeps every packet of Ut and Zt on the alignment of its buffer.
+        // One packet per row of Ut and Zt, each at a multiple of the packet size from the buffer's start.
         scratch.Ut.resize(in, P);
         scratch.Zt.resize(out, P);
         S* Ut = scratch.Ut.data();
@@ -152,6 +153,7 @@ EIGEN_ALWAYS_INLINE void scaled_add_block(const S* A, Index ld_a, const S* B, In
 /// written once. For other scalars it is Eigen's product.
 template <class S, class ARows, class BRows>
 void scale_and_add_transpose_product_impl(const ARows& A, const BRows& B, const S* d, S scale, Mat<S>& W) {
+    static_assert(ARows::IsRowMajor && BRows::IsRowMajor, "A and B must be row-major");
     const Index n = A.rows(), out = W.rows(), in = W.cols();
     eigen_assert(A.cols() == out && B.rows() == n && B.cols() == in);
     if constexpr (!packet_product_v<S>) {
@@ -216,6 +218,7 @@ void multiply_rows(const Mat<S>& D, const Mat<S>& W, Mat<S>& E, PacketProductScr
         eigen_assert(W.rows() == out);
         scratch.Ut.resize(out, n);
         transpose_into(D.data(), n, out, out, scratch.Ut.data(), n);
+        eigen_assert(E.data() != D.data() && E.data() != W.data());
         E.setZero(n, W.cols());
         scale_and_add_transpose_product(scratch.Ut, W, S(0), E);
     }

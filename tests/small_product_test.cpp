@@ -1,6 +1,6 @@
 // The packet products of the chunked forms and the MLP memories' matrix form against Eigen's
-// products, over shapes that hit every edge of their blocking: groups of rows shorter than a
-// packet, rows of W left over from the blocks, and sizes that are not whole packets.
+// products. The shapes hit every edge of their blocking: groups of rows shorter than a packet,
+// rows of W left over from the blocks, and sizes that are not whole packets.
 #include <gtest/gtest.h>
 
 #include <initializer_list>

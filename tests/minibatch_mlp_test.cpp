@@ -139,7 +139,11 @@ void expect_all_forms(double tolerance) {
                                   29, 7, tolerance);
 }
 
-TEST(MiniBatchMlp, MatchesTokenLoopInDouble) { expect_all_forms<double>(1e-11); }
+// In double the token loop is the reference itself, so the bound cannot follow its error. A
+// LayerNorm over the small branch output of a fresh memory magnifies rounding. In the decayed case
+// with the plain LayerNorm, the matrix form's weights differ from the loop's by up to 1.5e-11 with
+// -O3 (at most 4e-12 in the other cases).
+TEST(MiniBatchMlp, MatchesTokenLoopInDouble) { expect_all_forms<double>(5e-11); }
 TEST(MiniBatchMlp, MatchesTokenLoopInFloat) { expect_all_forms<float>(2e-4); }
 
 TEST(MiniBatchMlp, ClippingActsOnTestInputs) {

@@ -26,6 +26,22 @@ inline void check_clip_norm(double clip_norm) {
     }
 }
 
+/// Returns the factor that brings a gradient of norm `norm` to at most clip_norm: clip_norm / norm
+/// when clip_norm > 0 and the norm is larger, else 1.
+template <class S>
+S clip_factor(const S& norm, double clip_norm) {
+    return clip_norm > 0.0 && norm > S(clip_norm) ? S(clip_norm) / norm : S(1);
+}
+
+/// Scales grad down to norm clip_norm when clip_norm > 0 and its norm is larger.
+template <class Params>
+void clip_to_norm(Params& grad, double clip_norm) {
+    if (clip_norm <= 0.0) return;
+    using std::sqrt;
+    const auto factor = clip_factor(sqrt(params_squared_norm(grad)), clip_norm);
+    if (factor != decltype(factor)(1)) params_scale(grad, factor);
+}
+
 /// grad = the gradient of the bias loss of the context's pair at the parameters `at`, clipped to
 /// clip_norm when clip_norm > 0. grad must have the shape of `at`; it is overwritten.
 template <class Ctx, class Params, class S>
@@ -34,11 +50,7 @@ void pair_gradient(const Ctx& ctx, const Params& at, Params& grad, double clip_n
     ctx.loss_gradient(scratch.y, scratch.dy);
     params_set_zero(grad);
     add_memory_gradient(ctx.memory, at, grad, S(1), scratch.dy, ctx.x);
-    if (clip_norm > 0.0) {
-        using std::sqrt;
-        const S norm = sqrt(params_squared_norm(grad));
-        if (norm > S(clip_norm)) params_scale(grad, S(clip_norm) / norm);
-    }
+    clip_to_norm(grad, clip_norm);
 }
 
 /// Reads the position inside a mini-batch of the given size from the state tensor 'position'.

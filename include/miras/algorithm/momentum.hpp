@@ -91,11 +91,7 @@ struct Momentum {
             pair_gradient(older, state.start, state.pair, 0.0, scratch);
             params_axpy(state.grad, past.weights[i], state.pair);
         }
-        if (clip_norm > 0.0) {
-            using std::sqrt;
-            const S norm = sqrt(params_squared_norm(state.grad));
-            if (norm > S(clip_norm)) params_scale(state.grad, S(clip_norm) / norm);
-        }
+        clip_to_norm(state.grad, clip_norm);
 
         const S eta = bound.eta.at(ctx.b, ctx.step, ctx.h)[0];
         const S theta = use_momentum ? math::exp(bound.theta.at(ctx.b, ctx.step, ctx.h)[0]) : S(0);

@@ -283,9 +283,9 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
                 squared += deltas[ul].row(j).squaredNorm() *
                            (inputs_at_start[ul].row(j).squaredNorm() + (biases ? S(1) : S(0)));
             }
-            const S norm = sqrt(squared);
-            if (norm > S(algorithm.clip_norm)) {
-                for (auto& delta : deltas) delta.row(j) *= S(algorithm.clip_norm) / norm;
+            const S factor = clip_factor(S(sqrt(squared)), algorithm.clip_norm);
+            if (factor != S(1)) {
+                for (auto& delta : deltas) delta.row(j) *= factor;
             }
         }
     }

@@ -127,8 +127,8 @@ void expect_all_forms(double tolerance) {
     }
 
     // Keys of 20 (a hidden layer of 80) and mini-batches of 16 and 24 give the products with the
-    // weights full packets of tokens and, for 24 floats, a partial last group, as well as blocks
-    // of eight rows of W with rows left over.
+    // weights full packets of tokens, and for 24 floats a partial last group. The rows of W fill
+    // blocks of eight with rows left over.
     const LayerOptions wide{.heads = 1, .key_dim = 20, .value_dim = 20};
     expect_matrix_form_matches<S>(presets::titans(wide, 2, 16), 53, 21, tolerance);
     expect_matrix_form_matches<S>(presets::ttt_mlp(wide, 24), 53, 30, tolerance);

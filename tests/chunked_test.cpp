@@ -1,5 +1,7 @@
 // The chunked form returns the numbers of the token loop: outputs and final state, for every
 // chunkable preset, chunk size and awkward length, from a random initial state.
+#include <cmath>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -325,3 +327,82 @@ TEST(ChunkedForm, AutomaticPicksChunkedOnlyWhereExact) {
 }
 
 }  // namespace
+
+// The chunked form checks q, k and v chunk by chunk as it reads them, when the inputs outnumber
+// the state. A non-finite value in a late chunk, found after the earlier chunks have moved the
+// state, gives the error that the check before the run gives, and leaves the state as it was.
+template <class L>
+void expect_late_non_finite_refused(const L& base, int threads) {
+    const L layer = test::with_options(base, [&](LayerOptions& options) {
+        options.execution = Execution::chunked;
+        options.chunk_size = 8;
+        options.threads = threads;
+    });
+    const Index B = 2, T = 40, H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
+    const Index n = layer.dims().steps_per_token;
+    std::mt19937 rng(11);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    const auto random = [&](Shape shape, double scale, double shift) {
+        Tensor<double> x(std::move(shape));
+        for (auto& value : x.values()) value = shift + scale * normal(rng);
+        return x;
+    };
+    const Tensor<double> q = random({B, T, H, K}, 0.3, 0.0), k = random({B, T * n, H, K}, 0.3, 0.0);
+    const Tensor<double> v = random({B, T * n, H, V}, 1.0, 0.0), g({B, T, H}, -0.1), eta({B, T * n, H}, 0.5);
+    auto state = layer.load_state(std::map<std::string, Tensor<double>>{{"W", random({B, H, V, K}, 0.3, 0.0)}});
+    const Tensor<double> before = layer.save_state(state).at("W");
+
+    struct Fault {
+        const char* tensor;
+        Index t;
+        double value;
+        std::string position;
+    };
+    // The last token (pair) of sequence 1, head H - 1, in the fifth chunk of eight rows.
+    const Index last_pair = T * n - 3;
+    for (const Fault& fault : {Fault{"q", T - 3, std::nan(""), "input 'q' at [b=1, t=" + std::to_string(T - 3)},
+                               Fault{"k", last_pair, INFINITY, "input 'k' at [b=1, t=" + std::to_string(last_pair)},
+                               Fault{"v", last_pair, -INFINITY, "input 'v' at [b=1, t=" + std::to_string(last_pair)}}) {
+        Tensor<double> q_bad = q, k_bad = k, v_bad = v;
+        Tensor<double>& bad = fault.tensor[0] == 'q' ? q_bad : fault.tensor[0] == 'k' ? k_bad : v_bad;
+        const Index width = bad.dim(3), rows = bad.dim(1);
+        bad[((1 * rows + fault.t) * H + H - 1) * width + 1] = fault.value;
+        const Inputs<double> inputs{q_bad.view(), k_bad.view(), v_bad.view(), {{"g", g.view()}, {"eta", eta.view()}}};
+        std::string message;
+        try {
+            layer.forward(inputs, state);
+        } catch (const InputError& e) {
+            message = e.what();
+        }
+        EXPECT_NE(message.find(fault.position + ", h=" + std::to_string(H - 1) + ", c=1]"), std::string::npos)
+            << fault.tensor << ": " << message;
+        const Tensor<double> after = layer.save_state(state).at("W");
+        for (Index i = 0; i < after.size(); ++i) ASSERT_EQ(after[i], before[i]) << fault.tensor << ", entry " << i;
+    }
+}
+
+TEST(ChunkedForm, NonFiniteInputOfALateChunkLeavesTheStateUnchanged) {
+    const LayerOptions options{.heads = 3, .key_dim = 8, .value_dim = 5};
+    for (int threads : {1, 2}) {
+        expect_late_non_finite_refused(presets::gated_deltanet(options), threads);
+        expect_late_non_finite_refused(presets::deltaproduct(options, 2), threads);
+    }
+}
+
+// The chunked form checks the outputs it writes in place of a pass over the output: a state that
+// diverges (keys of norm 10, so that beta * ||k||^2 = 50) is still refused.
+TEST(ChunkedForm, DivergedOutputIsRefused) {
+    const presets::GatedDeltaNet layer = with_execution(
+        presets::gated_deltanet(LayerOptions{.heads = 2, .key_dim = 8, .value_dim = 5}), Execution::chunked, 16);
+    const Index B = 1, T = 64, H = 2, K = 8, V = 5;
+    Tensor<float> q({B, T, H, K}, 1.0f), k({B, T, H, K}), v({B, T, H, V}, 1.0f), g({B, T, H}, 0.0f), eta({B, T, H}, 0.5f);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (Index row = 0; row < B * T * H; ++row) {
+        float norm = 0.0f;
+        for (Index c = 0; c < K; ++c) norm += (k[row * K + c] = normal(rng)) * k[row * K + c];
+        for (Index c = 0; c < K; ++c) k[row * K + c] *= 10.0f / std::sqrt(norm);
+    }
+    const Inputs<float> inputs{q.view(), k.view(), v.view(), {{"g", g.view()}, {"eta", eta.view()}}};
+    EXPECT_THROW(layer.forward(inputs), NumericalError);
+}

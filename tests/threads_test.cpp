@@ -120,9 +120,12 @@ TEST(Threads, FiniteCheckFindsEveryPart) {
     }
 }
 
+// The token loop checks q, k and v in one pass before the run, split over the threads (the chunked
+// form checks them chunk by chunk instead).
 TEST(Threads, NonFiniteInputNamedWithTwoThreads) {
     LayerOptions two = options;
     two.threads = 2;
+    two.execution = Execution::recurrent;
     const auto layer = presets::deltanet(two);
     const Index T = (Index(1) << 19) / (options.heads * options.key_dim) + 1;
     Tensor<float> q({1, T, options.heads, options.key_dim}, 0.1f), k({1, T, options.heads, options.key_dim}, 0.1f);

@@ -38,6 +38,7 @@
 #include <Eigen/Core>
 
 #include "miras/algorithm/gradient_step.hpp"
+#include "miras/layer/inputs.hpp"
 #include "miras/layer/options.hpp"
 #include "miras/layer/small_product.hpp"
 #include "miras/bias/dot_product.hpp"
@@ -126,11 +127,13 @@ void decay_mask(const Vec<S>& row, const Vec<S>& column, Index n, bool include_d
 /// workspace of at least n x n and n x K.
 template <class S, class QRows, class KRows, class URows, class ORows>
 void finish_chunk_per_head(const QRows& Qn, const KRows& Kn, const URows& Un, const Vec<S>& G, Index n,
-                           const Mat<S>& mask, Mat<S>& scores, Mat<S>& scaled_keys, Mat<S>& W, ORows On) {
-    auto P = scores.topLeftCorner(n, n);
-    P.noalias() = Qn * Kn.transpose();
-    P.array() *= mask.topLeftCorner(n, n).array();
-    On.noalias() += P * Un;
+                           const Mat<S>& mask, Mat<S>& scores, Mat<S>& scaled_keys, Mat<S>& W, ORows On,
+                           PacketProductScratch<S>& product_scratch) {
+    // The transposed scores K Q^T, masked, so that O += P U runs as a write into O.
+    auto Pt = scores.topLeftCorner(n, n);
+    multiply_by_transpose_into(Kn, Qn, Pt, product_scratch);
+    Pt.array() *= mask.topLeftCorner(n, n).transpose().array();
+    scale_and_add_transpose_product(Pt, Un, S(1), On);
     const S last = G[n - 1];
     auto Wn = scaled_keys.topRows(n);
     for (Index r = 0; r < n; ++r) Wn.row(r) = math::exp(last - G[r]) * Kn.row(r);
@@ -192,10 +195,46 @@ void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const M
     }
 }
 
-/// Runs one (b, h) sequence chunk by chunk; W is the head's state, updated in place.
-template <class S, class L, class RetentionBound, class AlgorithmBound>
-void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
-                          const AlgorithmBound& algorithm_gates, Index b, Index h, Index T, Mat<S>& W, S* output) {
+/// What forward_heads_chunked found finite: the inputs it checked (all of them, or none when not
+/// asked) and the outputs it wrote.
+struct ChunkedChecks {
+    bool inputs_finite = true;
+    bool outputs_finite = true;
+};
+
+/// Returns whether the rows of q, k and v that chunk [start, start + n) of sequence b reads for
+/// heads [first_head, last_head) are finite. Rows are pairs: k and v have one per pair, and q one
+/// per token, read at the token's last pair.
+template <class S>
+bool chunk_inputs_finite(const Inputs<S>& inputs, Index b, Index first_head, Index last_head, Index H, Index T,
+                         Index steps, Index start, Index n) {
+    const Index K = inputs.k.dim(3), V = inputs.v.dim(3), pairs = T * steps, heads = last_head - first_head;
+    bool finite = true;
+    for (Index step = start; step < start + n; ++step) {
+        const Index row = (b * pairs + step) * H + first_head;
+        finite = finite && all_finite(inputs.k.data() + row * K, heads * K) &&
+                 all_finite(inputs.v.data() + row * V, heads * V);
+        if (step % steps == steps - 1) {
+            const Index token_row = (b * T + step / steps) * H + first_head;
+            finite = finite && all_finite(inputs.q.data() + token_row * K, heads * K);
+        }
+    }
+    return finite;
+}
+
+/// Runs heads [first_head, last_head) of sequence b chunk by chunk, updating each head's state
+/// (heads[b * H + h].memory) in place. Every head takes the chunk before any head takes the next:
+/// the rows of one token lie side by side for all heads in q, k, v and the output, so the heads of
+/// one chunk share the same pages, where one head alone would touch a new page per token.
+///
+/// With `check_inputs`, each chunk's rows of q, k and v are checked finite just before the heads
+/// read them, where the check brings them into the cache, and the run stops at the first chunk with
+/// a non-finite value, leaving the states part-way (the caller restores them). Every output row
+/// written is checked finite too; the caller names the first non-finite one.
+template <class S, class L, class RetentionBound, class AlgorithmBound, class HeadStates>
+ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
+                                    const AlgorithmBound& algorithm_gates, Index b, Index first_head, Index last_head,
+                                    Index T, HeadStates& heads, S* output, bool check_inputs) {
     using Bias = typename L::bias_type;
     using Retention = typename L::retention_type;
     constexpr bool delta = std::is_same_v<Bias, L2Bias>;
@@ -220,104 +259,114 @@ void forward_head_chunked(const L& layer, const Inputs<S>& inputs, const Retenti
     // Per-channel decay: cumulative log-decays and prediction exponents per key channel.
     Mat<S> Gm(channel ? C : 0, K), Em(channel ? C : 0, K), scratch(channel ? C : 0, K);
     Vec<S> end_decay(channel ? K : 0);
+    Mat<S> transposed;
+    ChunkedChecks checks;
 
     for (Index start = 0; start < pairs; start += C) {
         const Index n = std::min(C, pairs - start);
-        auto Qn = Q.topRows(n);
-        auto Kn = Kc.topRows(n);
-        auto Vn = Vc.topRows(n);
-        for (Index r = 0; r < n; ++r) {
-            const Index step = start + r, t = step / steps, pair = step % steps;
-            const S* k = inputs.k.data() + ((b * pairs + step) * H + h) * K;
-            const S* v = inputs.v.data() + ((b * pairs + step) * H + h) * V;
-            if (pair == steps - 1) {
-                const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
-                for (Index c = 0; c < K; ++c) Qn(r, c) = q[c] * scale;
-            } else {
-                Qn.row(r).setZero();
-            }
-            for (Index c = 0; c < K; ++c) Kn(r, c) = k[c];
-            if (read_key) {
-                const S* p = algorithm_gates.p.at(b, step, h).data;
-                for (Index c = 0; c < K; ++c) Pc(r, c) = p[c];
-            }
-            for (Index c = 0; c < V; ++c) Vn(r, c) = v[c];
-            const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
-            if (channel) {
-                for (Index c = 0; c < K; ++c) {
-                    const S previous = r == 0 ? S(0) : Gm(r - 1, c);
-                    Gm(r, c) = previous + (pair == 0 ? g[c] : S(0));
-                    Em(r, c) = gradient_first ? previous : Gm(r, c);
-                }
-            } else {
-                const S previous = r == 0 ? S(0) : G[r - 1];
-                G[r] = previous + (pair == 0 ? g[0] : S(0));
-                E[r] = gradient_first ? previous : G[r];
-            }
-            eta[r] = algorithm_gates.eta.at(b, step, h)[0];
+        if (check_inputs && !chunk_inputs_finite(inputs, b, first_head, last_head, H, T, steps, start, n)) {
+            checks.inputs_finite = false;
+            return checks;
         }
-        // The keys the predictions read: p for Comba, else k.
-        const auto Pn = read_key ? Pc.topRows(n) : Kc.topRows(n);
-
-        // Rows [0, n) of `stacked`: diag(eta) (P * exp(E)); rows [m, m + n): Q * exp(G), with m = n
-        // for the delta rule and 0 for the dot product.
-        const Index m = delta ? n : 0;
-        if constexpr (delta) {
-            if (channel) {
-                stacked.topRows(n) = eta.head(n).asDiagonal() * (Pn.array() * Em.topRows(n).array().exp()).matrix();
-            } else {
-                for (Index r = 0; r < n; ++r) stacked.row(r) = (eta[r] * math::exp(E[r])) * Pn.row(r);
-            }
-        }
-        if (channel) {
-            stacked.middleRows(m, n) = (Qn.array() * Gm.topRows(n).array().exp()).matrix();
-        } else {
-            for (Index r = 0; r < n; ++r) stacked.row(m + r) = math::exp(G[r]) * Qn.row(r);
-        }
-        multiply_by_transpose_into(stacked.topRows(m + n), W, from_start.topRows(m + n), product_scratch);
-
-        // U = (I + A)^{-1} (diag(eta) V - diag(eta) (P * exp(E)) W_0^T).
-        auto Un = U.topRows(n);
-        Un.noalias() = eta.head(n).asDiagonal() * Vn;
-        if constexpr (delta) {
-            auto An = A.topLeftCorner(n, n);
-            if (channel) {
-                decayed_products(Pc.rows() > 0 ? Pc : Kc, Em, Kc, Gm, n, /*include_diagonal=*/false, scratch, A);
-            } else {
-                An.noalias() = Pn * Kn.transpose();
-                decay_mask(E, G, n, /*include_diagonal=*/false, mask);
-                An.array() *= mask.topLeftCorner(n, n).array();
-            }
-            Un -= from_start.topRows(n);
-            An = eta.head(n).asDiagonal() * An;
-            // The unit lower view reads only the strictly lower part of A and puts ones on the diagonal.
-            An.template triangularView<Eigen::UnitLower>().solveInPlace(Un);
-        }
-
-        // O = (Q * exp(G)) W_0^T + (decayed Q K^T, lower triangle with the diagonal) U, and
-        // W_C = W_0 exp(G_C) + U^T (K * exp(G_C - G)), the exponentials per channel or per head.
-        auto On = from_start.middleRows(m, n);
-        if (channel) {
-            decayed_products(Q, Gm, Kc, Gm, n, /*include_diagonal=*/true, scratch, A);
-            On.noalias() += A.topLeftCorner(n, n) * Un;
-            auto Wn = Wk.topRows(n);
+        for (Index h = first_head; h < last_head; ++h) {
+            Mat<S>& W = heads[static_cast<std::size_t>(b * H + h)].memory;
+            auto Qn = Q.topRows(n);
+            auto Kn = Kc.topRows(n);
+            auto Vn = Vc.topRows(n);
             for (Index r = 0; r < n; ++r) {
-                Wn.row(r) = Kn.row(r).array() * (Gm.row(n - 1) - Gm.row(r)).array().exp();
+                const Index step = start + r, t = step / steps, pair = step % steps;
+                const S* k = inputs.k.data() + ((b * pairs + step) * H + h) * K;
+                const S* v = inputs.v.data() + ((b * pairs + step) * H + h) * V;
+                if (pair == steps - 1) {
+                    const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
+                    for (Index c = 0; c < K; ++c) Qn(r, c) = q[c] * scale;
+                } else {
+                    Qn.row(r).setZero();
+                }
+                for (Index c = 0; c < K; ++c) Kn(r, c) = k[c];
+                if (read_key) {
+                    const S* p = algorithm_gates.p.at(b, step, h).data;
+                    for (Index c = 0; c < K; ++c) Pc(r, c) = p[c];
+                }
+                for (Index c = 0; c < V; ++c) Vn(r, c) = v[c];
+                const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
+                if (channel) {
+                    for (Index c = 0; c < K; ++c) {
+                        const S previous = r == 0 ? S(0) : Gm(r - 1, c);
+                        Gm(r, c) = previous + (pair == 0 ? g[c] : S(0));
+                        Em(r, c) = gradient_first ? previous : Gm(r, c);
+                    }
+                } else {
+                    const S previous = r == 0 ? S(0) : G[r - 1];
+                    G[r] = previous + (pair == 0 ? g[0] : S(0));
+                    E[r] = gradient_first ? previous : G[r];
+                }
+                eta[r] = algorithm_gates.eta.at(b, step, h)[0];
             }
-            end_decay = Gm.row(n - 1).array().exp().transpose();
-            scale_and_add_transpose_product(Un, Wn, end_decay, W);
-        } else {
-            decay_mask(G, G, n, /*include_diagonal=*/true, mask);
-            finish_chunk_per_head(Qn, Kn, Un, G, n, mask, A, Wk, W, On);
-        }
-        for (Index r = 0; r < n; ++r) {
-            const Index step = start + r;
-            if (step % steps != steps - 1) continue;
-            S* o = output + ((b * T + step / steps) * H + h) * V;
-            for (Index c = 0; c < V; ++c) o[c] = On(r, c);
+            // The keys the predictions read: p for Comba, else k.
+            const auto Pn = read_key ? Pc.topRows(n) : Kc.topRows(n);
+
+            // Rows [0, n) of `stacked`: diag(eta) (P * exp(E)); rows [m, m + n): Q * exp(G), with m = n
+            // for the delta rule and 0 for the dot product.
+            const Index m = delta ? n : 0;
+            if constexpr (delta) {
+                if (channel) {
+                    stacked.topRows(n) = eta.head(n).asDiagonal() * (Pn.array() * Em.topRows(n).array().exp()).matrix();
+                } else {
+                    for (Index r = 0; r < n; ++r) stacked.row(r) = (eta[r] * math::exp(E[r])) * Pn.row(r);
+                }
+            }
+            if (channel) {
+                stacked.middleRows(m, n) = (Qn.array() * Gm.topRows(n).array().exp()).matrix();
+            } else {
+                for (Index r = 0; r < n; ++r) stacked.row(m + r) = math::exp(G[r]) * Qn.row(r);
+            }
+            multiply_by_transpose_into(stacked.topRows(m + n), W, from_start.topRows(m + n), product_scratch);
+
+            // U = (I + A)^{-1} (diag(eta) V - diag(eta) (P * exp(E)) W_0^T).
+            auto Un = U.topRows(n);
+            Un.noalias() = eta.head(n).asDiagonal() * Vn;
+            if constexpr (delta) {
+                auto An = A.topLeftCorner(n, n);
+                if (channel) {
+                    decayed_products(Pc.rows() > 0 ? Pc : Kc, Em, Kc, Gm, n, /*include_diagonal=*/false, scratch, A);
+                } else {
+                    multiply_by_transpose_into(Pn, Kn, An, product_scratch);
+                    decay_mask(E, G, n, /*include_diagonal=*/false, mask);
+                    An.array() *= mask.topLeftCorner(n, n).array();
+                }
+                Un -= from_start.topRows(n);
+                An = eta.head(n).asDiagonal() * An;
+                solve_unit_lower_in_place(An, Un);
+            }
+
+            // O = (Q * exp(G)) W_0^T + (decayed Q K^T, lower triangle with the diagonal) U, and
+            // W_C = W_0 exp(G_C) + U^T (K * exp(G_C - G)), the exponentials per channel or per head.
+            auto On = from_start.middleRows(m, n);
+            if (channel) {
+                decayed_products(Q, Gm, Kc, Gm, n, /*include_diagonal=*/true, scratch, A);
+                add_square_product(A.topLeftCorner(n, n), Un, On, transposed);
+                auto Wn = Wk.topRows(n);
+                for (Index r = 0; r < n; ++r) {
+                    Wn.row(r) = Kn.row(r).array() * (Gm.row(n - 1) - Gm.row(r)).array().exp();
+                }
+                end_decay = Gm.row(n - 1).array().exp().transpose();
+                scale_and_add_transpose_product(Un, Wn, end_decay, W);
+            } else {
+                decay_mask(G, G, n, /*include_diagonal=*/true, mask);
+                finish_chunk_per_head(Qn, Kn, Un, G, n, mask, A, Wk, W, On, product_scratch);
+            }
+            for (Index r = 0; r < n; ++r) {
+                const Index step = start + r;
+                if (step % steps != steps - 1) continue;
+                S* o = output + ((b * T + step / steps) * H + h) * V;
+                for (Index c = 0; c < V; ++c) o[c] = On(r, c);
+                checks.outputs_finite = checks.outputs_finite && all_finite(o, V);
+            }
         }
     }
     if constexpr (std::is_same_v<Retention, NoRetention>) (void)retention_gates;
+    return checks;
 }
 
 }  // namespace detail

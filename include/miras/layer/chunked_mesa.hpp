@@ -138,7 +138,7 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
         multiply_by_transpose_into(stacked_n, W, On, product_scratch);
         auto Un = U.topRows(n);
         Un.noalias() = beta.head(n).asDiagonal() * Vc.topRows(n);
-        finish_chunk_per_head(Zn, Kn, Un, G, n, mask, P, stacked, W, On);
+        finish_chunk_per_head(Zn, Kn, Un, G, n, mask, P, stacked, W, On, product_scratch);
         for (Index r = 0; r < n; ++r) {
             S* o = output + ((b * T + start + r) * H + h) * V;
             for (Index c = 0; c < V; ++c) o[c] = On(r, c);

@@ -9,9 +9,11 @@
 // (or before it, as an option). Sequences are [B, T, H, D] row-major; states are per (b, h).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -243,14 +245,17 @@ public:
     /// call throws a NumericalError naming the first non-finite output, and leaves the state unusable.
     template <class S>
     Tensor<S> forward(const Inputs<S>& inputs, State<S>& state) const {
-        const auto [B, T] = check_inputs(inputs);
+        const auto [B, T] = check_shapes(inputs);
+        const bool check_while_reading = checks_values_while_reading(T);
+        if (!check_while_reading) check_values(inputs);
         check_state(state, B);
         GateBinder<S> binder(inputs, dims_, B, T);
         const Bound<S> gates = bind(binder);
         binder.check_values();
         Tensor<S> output({B, T, dims_.heads, dims_.value});
-        run(inputs, gates, B, T, state, output.data(), static_cast<Workspace<S>*>(nullptr));
-        detail::check_output_finite(output.data(), output.shape(), options_.threads);
+        const bool outputs_checked = run(inputs, gates, B, T, state, output.data(), static_cast<Workspace<S>*>(nullptr),
+                                         check_while_reading);
+        if (!outputs_checked) detail::check_output_finite(output.data(), output.shape(), options_.threads);
         return output;
     }
 
@@ -293,8 +298,9 @@ public:
         const Tensor<S>& step() {
             layer_.check_values(inputs_);
             binder_.check_values();
-            layer_.run(inputs_, gates_, batch_, 1, state_, output_.data(), workspaces_.data());
-            detail::check_output_finite(output_.data(), output_.shape());
+            if (!layer_.run(inputs_, gates_, batch_, 1, state_, output_.data(), workspaces_.data(), false)) {
+                detail::check_output_finite(output_.data(), output_.shape());
+            }
             return output_;
         }
 
@@ -338,27 +344,61 @@ private:
         }
     }
 
-    /// Runs T tokens of B sequences from `state`, writing o [B, T, H, V] to `output`. With
-    /// `workspaces` (one per sequence and head) the token loop reuses their vectors.
+    /// Whether forward() leaves the check of q, k and v to the chunked form of the matrix memory,
+    /// which checks each chunk as it reads it instead of making a separate pass over the inputs.
+    /// It does so when the inputs outnumber the state, which it saves to restore on a non-finite value.
+    bool checks_values_while_reading(Index T) const {
+        if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) {
+            if (options_.execution == Execution::reference || !detail::chunkable(*this) || !runs_chunked(T)) return false;
+            const Index K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
+            return T * (K + n * (K + V)) > K * V;
+        } else {
+            (void)T;
+            return false;
+        }
+    }
+
+    /// Runs T tokens of B sequences from `state`, writing o [B, T, H, V] to `output`, and returns
+    /// whether it checked every output finite. With `workspaces` (one per sequence and head) the token
+    /// loop reuses their vectors. With `check_inputs` (see checks_values_while_reading) the chunked
+    /// form checks q, k and v; on a non-finite value it restores `state` and throws as
+    /// check_values does.
     template <class S>
-    void run(const Inputs<S>& inputs, const Bound<S>& gates, Index B, Index T, State<S>& state, S* output,
-             Workspace<S>* workspaces) const {
+    bool run(const Inputs<S>& inputs, const Bound<S>& gates, Index B, Index T, State<S>& state, S* output,
+             Workspace<S>* workspaces, bool check_inputs) const {
         const Index H = dims_.heads, K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
         const S scale = S(query_scale());
 
         if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) {
             if (options_.execution != Execution::reference && detail::chunkable(*this)) {
-                const bool chunked = runs_chunked(T);
-                parallel_for(B * H, options_.threads, [&](Index task) {
-                    const Index b = task / H, h = task % H;
-                    auto& W = state.heads[static_cast<std::size_t>(task)].memory;
-                    if (chunked) {
-                        detail::forward_head_chunked(*this, inputs, gates.retention, gates.algorithm, b, h, T, W, output);
-                    } else {
-                        detail::forward_head_fused(*this, inputs, gates.retention, gates.algorithm, b, h, T, W, output);
+                if (runs_chunked(T)) {
+                    // Each task takes a group of heads of one sequence, one group per thread.
+                    const Index groups = std::min<Index>(H, std::max(options_.threads, 1));
+                    std::optional<State<S>> saved;
+                    if (check_inputs) saved = state;
+                    std::vector<detail::ChunkedChecks> checks(static_cast<std::size_t>(B * groups));
+                    parallel_for(B * groups, options_.threads, [&](Index task) {
+                        const Index b = task / groups, group = task % groups;
+                        checks[static_cast<std::size_t>(task)] = detail::forward_heads_chunked(
+                            *this, inputs, gates.retention, gates.algorithm, b, group * H / groups,
+                            (group + 1) * H / groups, T, state.heads, output, check_inputs);
+                    });
+                    const auto all = [&](bool detail::ChunkedChecks::*found) {
+                        return std::all_of(checks.begin(), checks.end(), [&](const auto& c) { return c.*found; });
+                    };
+                    if (!all(&detail::ChunkedChecks::inputs_finite)) {
+                        state = *saved;
+                        check_values(inputs);
+                        throw std::logic_error("the chunked form found a non-finite input that check_values did not");
                     }
+                    return all(&detail::ChunkedChecks::outputs_finite);
+                }
+                parallel_for(B * H, options_.threads, [&](Index task) {
+                    auto& W = state.heads[static_cast<std::size_t>(task)].memory;
+                    detail::forward_head_fused(*this, inputs, gates.retention, gates.algorithm, task / H, task % H, T, W,
+                                               output);
                 });
-                return;
+                return false;
             }
         }
         if constexpr (detail::dplr_types_v<Memory, Retention, Algorithm>) {
@@ -368,7 +408,7 @@ private:
                     detail::forward_head_chunked_dplr(*this, inputs, gates.retention, gates.algorithm, task / H,
                                                       task % H, T, W, output);
                 });
-                return;
+                return false;
             }
         }
         if constexpr (detail::mesa_types_v<Memory, Retention, Algorithm>) {
@@ -378,7 +418,7 @@ private:
                                                       task % H, T, state.heads[static_cast<std::size_t>(task)],
                                                       output);
                 });
-                return;
+                return false;
             }
         }
         parallel_for(B * H, options_.threads, [&](Index task) {
@@ -415,6 +455,7 @@ private:
             }
             for (; t < T; ++t) token(t);
         });
+        return false;
     }
 
 public:

@@ -55,17 +55,17 @@ void transpose_into(const S* src, Index rows, Index cols, Index ld_src, S* dst, 
     }
 }
 
-/// Computes Zt[j] = sum_k W[j, k] Ut[k] for the R rows of W from `rows` (row-major, `in` columns).
-/// Ut contains `in` packets one after another, and Zt receives R.
+/// Computes Zt[j] = sum_k W[j, k] Ut[k] for the R rows of W from `rows` (row-major, `in` columns,
+/// rows ld_w apart). Ut contains `in` packets one after another, and Zt receives R.
 template <int R, class S>
-EIGEN_ALWAYS_INLINE void rows_times_packets(const S* rows, Index in, const S* Ut, S* Zt) {
+EIGEN_ALWAYS_INLINE void rows_times_packets(const S* rows, Index in, Index ld_w, const S* Ut, S* Zt) {
     using Packet = typename Eigen::internal::packet_traits<S>::type;
     constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
     Packet sum[R];
     for (int j = 0; j < R; ++j) sum[j] = Eigen::internal::pset1<Packet>(S(0));
     for (Index k = 0; k < in; ++k) {
         const Packet u = Eigen::internal::ploadu<Packet>(Ut + k * P);
-        for (int j = 0; j < R; ++j) sum[j] = Eigen::internal::pmadd(Eigen::internal::pset1<Packet>(rows[j * in + k]), u, sum[j]);
+        for (int j = 0; j < R; ++j) sum[j] = Eigen::internal::pmadd(Eigen::internal::pset1<Packet>(rows[j * ld_w + k]), u, sum[j]);
     }
     for (int j = 0; j < R; ++j) Eigen::internal::pstoreu(Zt + j * P, sum[j]);
 }
@@ -76,13 +76,14 @@ struct PacketProductScratch {
     Mat<S> Ut, Zt;
 };
 
-/// Sets Z = U W^T for U of n x in and W of out x in, with Z already n x out. U and Z are
-/// row-major matrices or blocks of rows of one, and W a row-major matrix. For float and double it
+/// Sets Z = U W^T for U of n x in and W of out x in, with Z already n x out. U, W and Z are
+/// row-major matrices or blocks of one, each row contiguous. For float and double it
 /// runs on the SIMD packets above, one group of rows of U per packet width, the last group padded
 /// with zeros. For other scalars it is Eigen's product.
-template <class S, class URows, class ZRows>
-void multiply_by_transpose_into(const URows& U, const Mat<S>& W, ZRows&& Z, PacketProductScratch<S>& scratch) {
-    static_assert(URows::IsRowMajor && std::decay_t<ZRows>::IsRowMajor, "U and Z must be row-major");
+template <class S, class URows, class WRows, class ZRows>
+void multiply_by_transpose_into(const URows& U, const WRows& W, ZRows&& Z, PacketProductScratch<S>& scratch) {
+    static_assert(URows::IsRowMajor && WRows::IsRowMajor && std::decay_t<ZRows>::IsRowMajor,
+                  "U, W and Z must be row-major");
     const Index n = U.rows(), in = U.cols(), out = W.rows();
     eigen_assert(W.cols() == in && Z.rows() == n && Z.cols() == out);
     if constexpr (!packet_product_v<S>) {
@@ -98,13 +99,13 @@ void multiply_by_transpose_into(const URows& U, const Mat<S>& W, ZRows&& Z, Pack
         S* Ut = scratch.Ut.data();
         S* Zt = scratch.Zt.data();
         const Index full = out / R * R;
-        const Index ld_u = U.outerStride(), ld_z = Z.outerStride();
+        const Index ld_u = U.outerStride(), ld_w = W.outerStride(), ld_z = Z.outerStride();
         for (Index first = 0; first < n; first += P) {
             const Index rows = std::min(P, n - first);
             if (rows < P) scratch.Ut.setZero();
             transpose_into(U.data() + first * ld_u, rows, in, ld_u, Ut, P);
-            for (Index j = 0; j < full; j += R) rows_times_packets<R>(W.data() + j * in, in, Ut, Zt + j * P);
-            for (Index j = full; j < out; ++j) rows_times_packets<1>(W.data() + j * in, in, Ut, Zt + j * P);
+            for (Index j = 0; j < full; j += R) rows_times_packets<R>(W.data() + j * ld_w, in, ld_w, Ut, Zt + j * P);
+            for (Index j = full; j < out; ++j) rows_times_packets<1>(W.data() + j * ld_w, in, ld_w, Ut, Zt + j * P);
             transpose_into(Zt, out, rows, P, Z.data() + first * ld_z, ld_z);
         }
     }
@@ -147,13 +148,13 @@ EIGEN_ALWAYS_INLINE void scaled_add_block(const S* A, Index ld_a, const S* B, In
     }
 }
 
-/// Sets W <- W diag(d) + A^T B for A of n x out, B of n x in and W of out x in, all row-major (A
-/// and B may be blocks of rows). A null d scales every column by `scale`. For float and double it
+/// Sets W <- W diag(d) + A^T B for A of n x out, B of n x in and W of out x in, all row-major
+/// matrices or blocks of one. A null d scales every column by `scale`. For float and double it
 /// runs on SIMD packets, four rows of W by four packets at a time, so each entry of W is read and
 /// written once. For other scalars it is Eigen's product.
-template <class S, class ARows, class BRows>
-void scale_and_add_transpose_product_impl(const ARows& A, const BRows& B, const S* d, S scale, Mat<S>& W) {
-    static_assert(ARows::IsRowMajor && BRows::IsRowMajor, "A and B must be row-major");
+template <class S, class ARows, class BRows, class WRows>
+void scale_and_add_transpose_product_impl(const ARows& A, const BRows& B, const S* d, S scale, WRows& W) {
+    static_assert(ARows::IsRowMajor && BRows::IsRowMajor && WRows::IsRowMajor, "A, B and W must be row-major");
     const Index n = A.rows(), out = W.rows(), in = W.cols();
     eigen_assert(A.cols() == out && B.rows() == n && B.cols() == in);
     if constexpr (!packet_product_v<S>) {
@@ -166,19 +167,19 @@ void scale_and_add_transpose_product_impl(const ARows& A, const BRows& B, const 
         constexpr int RJ = 4, CP = 4;
         const S* a = A.data();
         const S* b = B.data();
-        const Index ld_a = A.outerStride(), ld_b = B.outerStride();
+        const Index ld_a = A.outerStride(), ld_b = B.outerStride(), ld_w = W.outerStride();
         const Index wide = in / (CP * P) * (CP * P), packets = in / P * P;
         for (Index j = 0; j < out; j += RJ) {
             const Index last = std::min(j + RJ, out);
             for (Index c = 0; c < wide; c += CP * P) {
                 if (last - j == RJ) {
-                    scaled_add_block<RJ, CP>(a, ld_a, b, ld_b, n, d, scale, W.data(), in, j, c);
+                    scaled_add_block<RJ, CP>(a, ld_a, b, ld_b, n, d, scale, W.data(), ld_w, j, c);
                 } else {
-                    for (Index r = j; r < last; ++r) scaled_add_block<1, CP>(a, ld_a, b, ld_b, n, d, scale, W.data(), in, r, c);
+                    for (Index r = j; r < last; ++r) scaled_add_block<1, CP>(a, ld_a, b, ld_b, n, d, scale, W.data(), ld_w, r, c);
                 }
             }
             for (Index c = wide; c < packets; c += P) {
-                for (Index r = j; r < last; ++r) scaled_add_block<1, 1>(a, ld_a, b, ld_b, n, d, scale, W.data(), in, r, c);
+                for (Index r = j; r < last; ++r) scaled_add_block<1, 1>(a, ld_a, b, ld_b, n, d, scale, W.data(), ld_w, r, c);
             }
             for (Index r = j; r < last; ++r) {
                 for (Index c = packets; c < in; ++c) {
@@ -193,15 +194,15 @@ void scale_and_add_transpose_product_impl(const ARows& A, const BRows& B, const 
 
 /// Sets W <- W diag(d) + A^T B (see scale_and_add_transpose_product_impl): the write of n rows into a
 /// state whose key channels decay by d.
-template <class S, class ARows, class BRows>
-void scale_and_add_transpose_product(const ARows& A, const BRows& B, const Vec<S>& d, Mat<S>& W) {
+template <class S, class ARows, class BRows, class WRows>
+void scale_and_add_transpose_product(const ARows& A, const BRows& B, const Vec<S>& d, WRows&& W) {
     eigen_assert(d.size() == W.cols());
     scale_and_add_transpose_product_impl(A, B, d.data(), S(0), W);
 }
 
 /// Sets W <- scale W + A^T B: the write of n rows into a state that decays by one number.
-template <class S, class ARows, class BRows>
-void scale_and_add_transpose_product(const ARows& A, const BRows& B, S scale, Mat<S>& W) {
+template <class S, class ARows, class BRows, class WRows>
+void scale_and_add_transpose_product(const ARows& A, const BRows& B, S scale, WRows&& W) {
     scale_and_add_transpose_product_impl(A, B, static_cast<const S*>(nullptr), scale, W);
 }
 
@@ -221,6 +222,31 @@ void multiply_rows(const Mat<S>& D, const Mat<S>& W, Mat<S>& E, PacketProductScr
         eigen_assert(E.data() != D.data() && E.data() != W.data());
         E.setZero(n, W.cols());
         scale_and_add_transpose_product(scratch.Ut, W, S(0), E);
+    }
+}
+
+/// Sets O += M U for M of n x n and U of n x in, O and U row-major: the reads within a chunk.
+/// Mt is scratch for M^T, so that the sum runs as the write above with a scale of one.
+template <class S, class MRows, class URows, class ORows>
+void add_square_product(const MRows& M, const URows& U, ORows&& O, Mat<S>& Mt) {
+    if constexpr (!packet_product_v<S>) {
+        (void)Mt;
+        O.noalias() += M * U;
+    } else {
+        const Index n = M.rows();
+        Mt.resize(n, n);
+        Mt = M.transpose();
+        scale_and_add_transpose_product(Mt, U, S(1), O);
+    }
+}
+
+/// Solves (I + L) X' = X in place, with L the strictly lower triangle of the n x n matrix A and X of
+/// n rows: forward substitution, each row of X less the multiples of the rows above it. A's
+/// diagonal and upper triangle are not read.
+template <class ARows, class XRows>
+void solve_unit_lower_in_place(const ARows& A, XRows&& X) {
+    for (Index r = 1; r < X.rows(); ++r) {
+        for (Index i = 0; i < r; ++i) X.row(r) -= A(r, i) * X.row(i);
     }
 }
 

@@ -25,8 +25,9 @@
 // does: across sub-blocks through the last row G_e of the earlier block and the row G_f before the
 // later one, x_r exp(E_r - G_f) . (exp(G_f - G_e) y_i exp(G_e - G_i)), each exponent <= 0 because
 // i <= e <= f < r. Within a sub-block, row r exponentiates only its terms with i = r and
-// i = r - 1, and the chain exp(E_r - G_i) = exp(E_r - G_{i+1}) exp(G_{i+1} - G_i) gives the others,
-// every factor exp(<= 0).
+// i = r - 1 (none when E = G), and the chain exp(E_r - G_i) = exp(E_r - G_{i+1}) exp(G_{i+1} - G_i)
+// gives the others, every factor exp(<= 0). The per-channel decays of the queries, the keys and the
+// state, exp(G_r), exp(G_C - G_r) and exp(G_C), are products of the same steps exp(G_r - G_{r-1}).
 //
 // DeltaProduct, which writes n pairs per token, runs the same form over the sequence of pairs:
 // the token's decay enters at its first pair, and its query reads after its last.
@@ -140,15 +141,41 @@ void finish_chunk_per_head(const QRows& Qn, const KRows& Kn, const URows& Un, co
     scale_and_add_transpose_product(Un, Wn, S(math::exp(last)), W);
 }
 
+/// The per-channel decay factors of a chunk of n rows with cumulative log-decays G (rows of K):
+/// steps(r) = exp(G_r - G_{r-1}) with G_{-1} = 0, the decay of token r; from_start(r) = exp(G_r),
+/// the product of steps 0 to r; to_end(r) = exp(G_{n-1} - G_r), the product of steps r + 1 to
+/// n - 1. One exponential per entry, each of an exponent <= 0, and the other factors products of
+/// them.
+template <class S>
+struct ChannelDecays {
+    Mat<S> steps, from_start, to_end;
+
+    void compute(const Mat<S>& G, Index n) {
+        const Index K = G.cols();
+        steps.resize(std::max(steps.rows(), n), K);
+        from_start.resize(steps.rows(), K);
+        to_end.resize(steps.rows(), K);
+        steps.row(0) = G.row(0).array().exp();
+        for (Index r = 1; r < n; ++r) steps.row(r) = (G.row(r) - G.row(r - 1)).array().exp();
+        from_start.row(0) = steps.row(0);
+        for (Index r = 1; r < n; ++r) from_start.row(r) = from_start.row(r - 1).cwiseProduct(steps.row(r));
+        to_end.row(n - 1).setOnes();
+        for (Index r = n - 1; r-- > 0;) to_end.row(r) = to_end.row(r + 1).cwiseProduct(steps.row(r + 1));
+    }
+};
+
 /// Sets out[r, i] = sum_c X[r, c] Y[i, c] exp(R[r, c] - G[i, c]) for i < r (i <= r with
 /// include_diagonal) and 0 above, for the first n rows. G contains cumulative log-decays (each row
 /// <= the one before), and every R[r] lies between G[r - 1] and G[r] (G[-1] = 0), so every
-/// exponent taken is <= 0. Y_hat is scratch of X's shape.
+/// exponent taken is <= 0. `steps` contains exp(G[r] - G[r - 1]) (ChannelDecays). When R is G
+/// itself, the exponents R[r] - G[r] are zero and R[r] - G[r - 1] are the steps, so a row takes no
+/// exponential of its own. Y_hat is scratch of X's shape.
 template <class S>
-void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const Mat<S>& G, Index n,
-                      bool include_diagonal, Mat<S>& Y_hat, Mat<S>& out) {
+void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const Mat<S>& G, const Mat<S>& steps,
+                      Index n, bool include_diagonal, Mat<S>& Y_hat, Mat<S>& out) {
     constexpr Index block = 16;
     const Index K = X.cols();
+    const bool reads_at_g = &R == &G;
     auto result = out.topLeftCorner(n, n);
     result.setZero();
     // Y_hat[i] = Y[i] exp(G_e - G[i]) with e the last row of i's sub-block, for the sub-blocks
@@ -161,8 +188,6 @@ void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const M
     }
     Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> X_hat(block, K);
     Eigen::Array<S, 1, Eigen::Dynamic> bridge(K), decayed_row(K);
-    // step[j] = exp(G[first + j] - G[first + j - 1]), the decay of one token within the sub-block.
-    Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> step(block, K);
     for (Index first = 0; first < n; first += block) {
         const Index rows = std::min(block, n - first);
         // X_hat[r] = X[r] exp(R[r] - G_f) with f = first - 1, the row before this sub-block, for the
@@ -179,16 +204,21 @@ void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const M
         // Within the sub-block, x_r exp(R[r] - G[i]) for i = r - 1 down to `first` by the chain
         // x_r exp(R[r] - G[i]) = x_r exp(R[r] - G[i + 1]) exp(G[i + 1] - G[i]): one exponential
         // per row and a product per pair, every factor exp(<= 0).
-        for (Index j = first + 1; j < first + rows; ++j) step.row(j - first) = (G.row(j) - G.row(j - 1)).array().exp();
         for (Index r = first; r < first + rows; ++r) {
-            if (include_diagonal) {
+            if (include_diagonal && reads_at_g) {
+                result(r, r) = (X.row(r).array() * Y.row(r).array()).sum();
+            } else if (include_diagonal) {
                 result(r, r) = (X.row(r).array() * Y.row(r).array() * (R.row(r) - G.row(r)).array().exp()).sum();
             }
             if (r == first) continue;
-            decayed_row = X.row(r).array() * (R.row(r) - G.row(r - 1)).array().exp();
+            if (reads_at_g) {
+                decayed_row = X.row(r).array() * steps.row(r).array();
+            } else {
+                decayed_row = X.row(r).array() * (R.row(r) - G.row(r - 1)).array().exp();
+            }
             result(r, r - 1) = (decayed_row * Y.row(r - 1).array()).sum();
             for (Index i = r - 2; i >= first; --i) {
-                decayed_row *= step.row(i + 1 - first);
+                decayed_row *= steps.row(i + 1).array();
                 result(r, i) = (decayed_row * Y.row(i).array()).sum();
             }
         }
@@ -258,6 +288,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
     Vec<S> G(C), E(C), eta(C);
     // Per-channel decay: cumulative log-decays and prediction exponents per key channel.
     Mat<S> Gm(channel ? C : 0, K), Em(channel ? C : 0, K), scratch(channel ? C : 0, K);
+    ChannelDecays<S> decays;
     Vec<S> end_decay(channel ? K : 0);
     Mat<S> transposed;
     ChunkedChecks checks;
@@ -309,15 +340,25 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             // Rows [0, n) of `stacked`: diag(eta) (P * exp(E)); rows [m, m + n): Q * exp(G), with m = n
             // for the delta rule and 0 for the dot product.
             const Index m = delta ? n : 0;
+            if (channel) decays.compute(Gm, n);
             if constexpr (delta) {
                 if (channel) {
-                    stacked.topRows(n) = eta.head(n).asDiagonal() * (Pn.array() * Em.topRows(n).array().exp()).matrix();
+                    // exp(E_r) is exp(G_r), or exp(G_{r-1}) when the gradient comes before the decay.
+                    for (Index r = 0; r < n; ++r) {
+                        if (!gradient_first) {
+                            stacked.row(r) = eta[r] * Pn.row(r).cwiseProduct(decays.from_start.row(r));
+                        } else if (r > 0) {
+                            stacked.row(r) = eta[r] * Pn.row(r).cwiseProduct(decays.from_start.row(r - 1));
+                        } else {
+                            stacked.row(r) = eta[r] * Pn.row(r);
+                        }
+                    }
                 } else {
                     for (Index r = 0; r < n; ++r) stacked.row(r) = (eta[r] * math::exp(E[r])) * Pn.row(r);
                 }
             }
             if (channel) {
-                stacked.middleRows(m, n) = (Qn.array() * Gm.topRows(n).array().exp()).matrix();
+                stacked.middleRows(m, n) = Qn.cwiseProduct(decays.from_start.topRows(n));
             } else {
                 for (Index r = 0; r < n; ++r) stacked.row(m + r) = math::exp(G[r]) * Qn.row(r);
             }
@@ -329,7 +370,9 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             if constexpr (delta) {
                 auto An = A.topLeftCorner(n, n);
                 if (channel) {
-                    decayed_products(Pc.rows() > 0 ? Pc : Kc, Em, Kc, Gm, n, /*include_diagonal=*/false, scratch, A);
+                    // Predictions read at G itself unless the gradient comes before the decay.
+                    decayed_products(Pc.rows() > 0 ? Pc : Kc, gradient_first ? Em : Gm, Kc, Gm, decays.steps, n,
+                                     /*include_diagonal=*/false, scratch, A);
                 } else {
                     multiply_by_transpose_into(Pn, Kn, An, product_scratch);
                     decay_mask(E, G, n, /*include_diagonal=*/false, mask);
@@ -344,13 +387,11 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             // W_C = W_0 exp(G_C) + U^T (K * exp(G_C - G)), the exponentials per channel or per head.
             auto On = from_start.middleRows(m, n);
             if (channel) {
-                decayed_products(Q, Gm, Kc, Gm, n, /*include_diagonal=*/true, scratch, A);
+                decayed_products(Q, Gm, Kc, Gm, decays.steps, n, /*include_diagonal=*/true, scratch, A);
                 add_square_product(A.topLeftCorner(n, n), Un, On, transposed);
                 auto Wn = Wk.topRows(n);
-                for (Index r = 0; r < n; ++r) {
-                    Wn.row(r) = Kn.row(r).array() * (Gm.row(n - 1) - Gm.row(r)).array().exp();
-                }
-                end_decay = Gm.row(n - 1).array().exp().transpose();
+                Wn = Kn.cwiseProduct(decays.to_end.topRows(n));
+                end_decay = decays.from_start.row(n - 1).transpose();
                 scale_and_add_transpose_product(Un, Wn, end_decay, W);
             } else {
                 decay_mask(G, G, n, /*include_diagonal=*/true, mask);

@@ -64,7 +64,8 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
 
     // Y has room for the chunk's rows of V below its own for the state update.
     Mat<S> Q(C, K), Kc(C, K), Ac(C, K), Bc(C, K), Vc(C, V), Y(2 * C, V), L_ab(C, C), L_ak(C, C);
-    Mat<S> G(C, K), E(C, K), scratch(2 * C, K), decayed(C, K);
+    Mat<S> G(C, K), E(C, K), scratch(2 * C, K), transposed;
+    ChannelDecays<S> decays;
     Vec<S> end_decay(K);
     PacketProductScratch<S> product_scratch;
     // Rows [0, n) are A * exp(E), the removal keys at the state they read. Rows [n, 2n) are Q * exp(G).
@@ -90,39 +91,48 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
         auto Vn = Vc.topRows(n);
         auto Yn = Y.topRows(n);
 
-        stacked.topRows(n) = (Ac.topRows(n).array() * E.topRows(n).array().exp()).matrix();
-        stacked.middleRows(n, n) = (Q.topRows(n).array() * G.topRows(n).array().exp()).matrix();
+        // exp(E_r) is exp(G_r), or exp(G_{r-1}) when the gradient comes before the decay.
+        decays.compute(G, n);
+        const Mat<S>& R = gradient_first ? E : G;
+        for (Index r = 0; r < n; ++r) {
+            if (!gradient_first) {
+                stacked.row(r) = Ac.row(r).cwiseProduct(decays.from_start.row(r));
+            } else if (r > 0) {
+                stacked.row(r) = Ac.row(r).cwiseProduct(decays.from_start.row(r - 1));
+            } else {
+                stacked.row(r) = Ac.row(r);
+            }
+        }
+        stacked.middleRows(n, n) = Q.topRows(n).cwiseProduct(decays.from_start.topRows(n));
         multiply_by_transpose_into(stacked.topRows(2 * n), W, from_start.topRows(2 * n), product_scratch);
 
         // (I - L_ab) Y = (A * exp(E)) W_0^T + L_ak diag(eta) V.
-        decayed_products(Ac, E, Bc, G, n, /*include_diagonal=*/false, scratch, L_ab);
-        decayed_products(Ac, E, Kc, G, n, /*include_diagonal=*/false, scratch, L_ak);
+        decayed_products(Ac, R, Bc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ab);
+        decayed_products(Ac, R, Kc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ak);
         Yn = from_start.topRows(n);
-        Yn.noalias() += L_ak.topLeftCorner(n, n) * Vn;
+        add_square_product(L_ak.topLeftCorner(n, n), Vn, Yn, transposed);
         auto system = L_ab.topLeftCorner(n, n);
         system = -system;
-        // The unit lower view reads only the strictly lower part and puts ones on the diagonal.
-        system.template triangularView<Eigen::UnitLower>().solveInPlace(Yn);
+        solve_unit_lower_in_place(system, Yn);
 
         // O = (Q * exp(G)) W_0^T + P_qb Y + P_qk diag(eta) V, reusing L_ab and L_ak for P_qb, P_qk.
         auto On = from_start.middleRows(n, n);
-        decayed_products(Q, G, Bc, G, n, /*include_diagonal=*/true, scratch, L_ab);
-        decayed_products(Q, G, Kc, G, n, /*include_diagonal=*/true, scratch, L_ak);
-        On.noalias() += L_ab.topLeftCorner(n, n) * Yn;
-        On.noalias() += L_ak.topLeftCorner(n, n) * Vn;
+        decayed_products(Q, G, Bc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ab);
+        decayed_products(Q, G, Kc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ak);
+        add_square_product(L_ab.topLeftCorner(n, n), Yn, On, transposed);
+        add_square_product(L_ak.topLeftCorner(n, n), Vn, On, transposed);
         for (Index r = 0; r < n; ++r) {
             S* o = output + ((b * T + start + r) * H + h) * V;
             for (Index c = 0; c < V; ++c) o[c] = On(r, c);
         }
 
         // W_C = W_0 diag(exp(G_C)) + Y^T (B * exp(G_C - G)) + V^T diag(eta) (K * exp(G_C - G)).
-        auto ratio = decayed.topRows(n);
-        for (Index r = 0; r < n; ++r) ratio.row(r) = (G.row(n - 1) - G.row(r)).array().exp();
         // One product over the stacked rows [Y; diag(eta) V] and [B; K] * exp(G_C - G).
+        const auto ratio = decays.to_end.topRows(n);
         Y.middleRows(n, n) = Vn;
-        scratch.topRows(n) = (Bc.topRows(n).array() * ratio.array()).matrix();
-        scratch.middleRows(n, n) = (Kc.topRows(n).array() * ratio.array()).matrix();
-        end_decay = G.row(n - 1).array().exp().transpose();
+        scratch.topRows(n) = Bc.topRows(n).cwiseProduct(ratio);
+        scratch.middleRows(n, n) = Kc.topRows(n).cwiseProduct(ratio);
+        end_decay = decays.from_start.row(n - 1).transpose();
         scale_and_add_transpose_product(Y.topRows(2 * n), scratch.topRows(2 * n), end_decay, W);
     }
     if constexpr (std::is_same_v<typename L::retention_type, NoRetention>) (void)retention_gates;

@@ -35,6 +35,7 @@
 
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -123,22 +124,20 @@ void decay_mask(const Vec<S>& row, const Vec<S>& column, Index n, bool include_d
 }
 
 /// Adds the reads within a chunk of n rows with a decay per head to O, O += (mask * Q K^T) U, and
-/// moves the state to the chunk's end, W <- exp(G_n) W + U^T diag(exp(G_n - G)) K. `mask` contains
-/// exp(G_r - G_i) for i <= r (decay_mask with the diagonal). `scores` and `scaled_keys` are
-/// workspace of at least n x n and n x K.
-template <class S, class QRows, class KRows, class URows, class ORows>
-void finish_chunk_per_head(const QRows& Qn, const KRows& Kn, const URows& Un, const Vec<S>& G, Index n,
-                           const Mat<S>& mask, Mat<S>& scores, Mat<S>& scaled_keys, Mat<S>& W, ORows On,
-                           PacketProductScratch<S>& product_scratch) {
-    // The transposed scores K Q^T, masked, so that O += P U runs as a write into O.
-    auto Pt = scores.topLeftCorner(n, n);
-    multiply_by_transpose_into(Kn, Qn, Pt, product_scratch);
-    Pt.array() *= mask.topLeftCorner(n, n).transpose().array();
-    scale_and_add_transpose_product(Pt, Un, S(1), On);
+/// moves the transposed state (K x V) to the chunk's end, W^T <- exp(G_n) W^T + K^T diag(exp(G_n -
+/// G)) U. `Kt` is K^T (K x n), and `mask` contains exp(G_r - G_i) for i <= r (decay_mask with the
+/// diagonal). `scores` and `scaled_keys` are workspace of at least n x n and n x K.
+template <class S, class QRows, class KRows, class KtColumns, class URows, class ORows>
+void finish_chunk_per_head(const QRows& Qn, const KRows& Kn, const KtColumns& Kt, const URows& Un, const Vec<S>& G,
+                           Index n, const Mat<S>& mask, Mat<S>& scores, Mat<S>& scaled_keys, Mat<S>& Wt, ORows On) {
+    auto P = scores.topLeftCorner(n, n);
+    multiply_into(Qn, Kt, P, /*accumulate=*/false);
+    P.array() *= mask.topLeftCorner(n, n).array();
+    multiply_into(P, Un, On, /*accumulate=*/true);
     const S last = G[n - 1];
     auto Wn = scaled_keys.topRows(n);
     for (Index r = 0; r < n; ++r) Wn.row(r) = math::exp(last - G[r]) * Kn.row(r);
-    scale_and_add_transpose_product(Un, Wn, S(math::exp(last)), W);
+    scale_and_add_transpose_product(Wn, Un, S(math::exp(last)), Wt);
 }
 
 /// The per-channel decay factors of a chunk of n rows with cumulative log-decays G (rows of K):
@@ -225,8 +224,8 @@ void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const M
     }
 }
 
-/// What forward_heads_chunked found finite: the inputs it checked (all of them, or none when not
-/// asked) and the outputs it wrote.
+/// The findings of forward_heads_chunked: whether the inputs it checked (all of them, or none
+/// unless requested) and the outputs it wrote are finite.
 struct ChunkedChecks {
     bool inputs_finite = true;
     bool outputs_finite = true;
@@ -253,9 +252,11 @@ bool chunk_inputs_finite(const Inputs<S>& inputs, Index b, Index first_head, Ind
 }
 
 /// Runs heads [first_head, last_head) of sequence b chunk by chunk, updating each head's state
-/// (heads[b * H + h].memory) in place. Every head takes the chunk before any head takes the next:
-/// the rows of one token lie side by side for all heads in q, k, v and the output, so the heads of
-/// one chunk share the same pages, where one head alone would touch a new page per token.
+/// (heads[b * H + h].memory) in place. Every head takes the chunk before any head takes the next,
+/// because the rows of one token lie side by side for all heads in q, k, v and the output. So the
+/// heads of one chunk share the same pages, where one head alone would touch a new page per token.
+/// The states run transposed (K x V), so that the reads S W^T = S (W^T) and the writes
+/// W^T += K^T U both stream rows of W^T with no operand transposed.
 ///
 /// With `check_inputs`, each chunk's rows of q, k and v are checked finite just before the heads
 /// read them, where the check brings them into the cache, and the run stops at the first chunk with
@@ -290,7 +291,11 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
     Mat<S> Gm(channel ? C : 0, K), Em(channel ? C : 0, K), scratch(channel ? C : 0, K);
     ChannelDecays<S> decays;
     Vec<S> end_decay(channel ? K : 0);
-    Mat<S> transposed;
+    // K^T of the chunk, and the transposed states of the heads.
+    Mat<S> Kt(K, C);
+    std::vector<Mat<S>> states(static_cast<std::size_t>(last_head - first_head));
+    const auto state_of = [&](Index h) -> Mat<S>& { return heads[static_cast<std::size_t>(b * H + h)].memory; };
+    for (Index h = first_head; h < last_head; ++h) states[static_cast<std::size_t>(h - first_head)] = state_of(h).transpose();
     ChunkedChecks checks;
 
     for (Index start = 0; start < pairs; start += C) {
@@ -300,7 +305,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             return checks;
         }
         for (Index h = first_head; h < last_head; ++h) {
-            Mat<S>& W = heads[static_cast<std::size_t>(b * H + h)].memory;
+            Mat<S>& Wt = states[static_cast<std::size_t>(h - first_head)];
             auto Qn = Q.topRows(n);
             auto Kn = Kc.topRows(n);
             auto Vn = Vc.topRows(n);
@@ -362,7 +367,9 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             } else {
                 for (Index r = 0; r < n; ++r) stacked.row(m + r) = math::exp(G[r]) * Qn.row(r);
             }
-            multiply_by_transpose_into(stacked.topRows(m + n), W, from_start.topRows(m + n), product_scratch);
+            multiply_into(stacked.topRows(m + n), Wt, from_start.topRows(m + n), /*accumulate=*/false);
+            auto Kt_n = Kt.leftCols(n);
+            transpose_into(Kc.data(), n, K, K, Kt.data(), C);
 
             // U = (I + A)^{-1} (diag(eta) V - diag(eta) (P * exp(E)) W_0^T).
             auto Un = U.topRows(n);
@@ -374,7 +381,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
                     decayed_products(Pc.rows() > 0 ? Pc : Kc, gradient_first ? Em : Gm, Kc, Gm, decays.steps, n,
                                      /*include_diagonal=*/false, scratch, A);
                 } else {
-                    multiply_by_transpose_into(Pn, Kn, An, product_scratch);
+                    multiply_into(Pn, Kt_n, An, /*accumulate=*/false);
                     decay_mask(E, G, n, /*include_diagonal=*/false, mask);
                     An.array() *= mask.topLeftCorner(n, n).array();
                 }
@@ -388,14 +395,14 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             auto On = from_start.middleRows(m, n);
             if (channel) {
                 decayed_products(Q, Gm, Kc, Gm, decays.steps, n, /*include_diagonal=*/true, scratch, A);
-                add_square_product(A.topLeftCorner(n, n), Un, On, transposed);
+                multiply_into(A.topLeftCorner(n, n), Un, On, /*accumulate=*/true);
                 auto Wn = Wk.topRows(n);
                 Wn = Kn.cwiseProduct(decays.to_end.topRows(n));
                 end_decay = decays.from_start.row(n - 1).transpose();
-                scale_and_add_transpose_product(Un, Wn, end_decay, W);
+                scale_rows_and_add_transpose_product(Wn, Un, end_decay, Wt);
             } else {
                 decay_mask(G, G, n, /*include_diagonal=*/true, mask);
-                finish_chunk_per_head(Qn, Kn, Un, G, n, mask, A, Wk, W, On, product_scratch);
+                finish_chunk_per_head(Qn, Kn, Kt_n, Un, G, n, mask, A, Wk, Wt, On);
             }
             for (Index r = 0; r < n; ++r) {
                 const Index step = start + r;
@@ -406,6 +413,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             }
         }
     }
+    for (Index h = first_head; h < last_head; ++h) state_of(h) = states[static_cast<std::size_t>(h - first_head)].transpose();
     if constexpr (std::is_same_v<Retention, NoRetention>) (void)retention_gates;
     return checks;
 }

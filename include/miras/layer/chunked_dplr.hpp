@@ -64,7 +64,7 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
 
     // Y has room for the chunk's rows of V below its own for the state update.
     Mat<S> Q(C, K), Kc(C, K), Ac(C, K), Bc(C, K), Vc(C, V), Y(2 * C, V), L_ab(C, C), L_ak(C, C);
-    Mat<S> G(C, K), E(C, K), scratch(2 * C, K), transposed;
+    Mat<S> G(C, K), E(C, K), scratch(2 * C, K);
     ChannelDecays<S> decays;
     Vec<S> end_decay(K);
     PacketProductScratch<S> product_scratch;
@@ -110,7 +110,7 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
         decayed_products(Ac, R, Bc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ab);
         decayed_products(Ac, R, Kc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ak);
         Yn = from_start.topRows(n);
-        add_square_product(L_ak.topLeftCorner(n, n), Vn, Yn, transposed);
+        multiply_into(L_ak.topLeftCorner(n, n), Vn, Yn, /*accumulate=*/true);
         auto system = L_ab.topLeftCorner(n, n);
         system = -system;
         solve_unit_lower_in_place(system, Yn);
@@ -119,8 +119,8 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
         auto On = from_start.middleRows(n, n);
         decayed_products(Q, G, Bc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ab);
         decayed_products(Q, G, Kc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ak);
-        add_square_product(L_ab.topLeftCorner(n, n), Yn, On, transposed);
-        add_square_product(L_ak.topLeftCorner(n, n), Vn, On, transposed);
+        multiply_into(L_ab.topLeftCorner(n, n), Yn, On, /*accumulate=*/true);
+        multiply_into(L_ak.topLeftCorner(n, n), Vn, On, /*accumulate=*/true);
         for (Index r = 0; r < n; ++r) {
             S* o = output + ((b * T + start + r) * H + h) * V;
             for (Index c = 0; c < V; ++c) o[c] = On(r, c);

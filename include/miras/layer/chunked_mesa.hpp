@@ -58,8 +58,9 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
     const Index H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
     const Index C = layer.options().chunk_size;
     const S scale = S(layer.query_scale());
-    Mat<S>& W = head.memory;
     Mat<S>& Hs = head.algorithm.H;
+    // W runs transposed (K x V), as in the chunked form of the decayed linear attention.
+    Mat<S> Wt = head.memory.transpose(), Kt(K, C);
 
     Mat<S> Q(C, K), Kc(C, K), Vc(C, V), Z(C, K), mask(C, C), P(C, C), weighted(C, K), stacked(C, K),
         O(C, V), U(C, V), diagonal(C, K);
@@ -135,15 +136,17 @@ void forward_head_chunked_mesa(const L& layer, const Inputs<S>& inputs, const Re
         auto Zn = Z.topRows(n);
         for (Index r = 0; r < n; ++r) stacked_n.row(r) = math::exp(G[r]) * Zn.row(r);
         auto On = O.topRows(n);
-        multiply_by_transpose_into(stacked_n, W, On, product_scratch);
+        multiply_into(stacked_n, Wt, On, /*accumulate=*/false);
         auto Un = U.topRows(n);
         Un.noalias() = beta.head(n).asDiagonal() * Vc.topRows(n);
-        finish_chunk_per_head(Zn, Kn, Un, G, n, mask, P, stacked, W, On, product_scratch);
+        transpose_into(Kc.data(), n, K, K, Kt.data(), C);
+        finish_chunk_per_head(Zn, Kn, Kt.leftCols(n), Un, G, n, mask, P, stacked, Wt, On);
         for (Index r = 0; r < n; ++r) {
             S* o = output + ((b * T + start + r) * H + h) * V;
             for (Index c = 0; c < V; ++c) o[c] = On(r, c);
         }
     }
+    head.memory = Wt.transpose();
 }
 
 }  // namespace detail

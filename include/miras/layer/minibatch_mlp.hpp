@@ -267,7 +267,7 @@ void forward_minibatch_mlp(const L& layer, const Inputs<S>& inputs, const Retent
         deltas[ul] = errors;
         if (l > 0) {
             Mat<S> below;
-            multiply_rows(errors, W0.weights[ul], below, scratch);
+            multiply_rows(errors, W0.weights[ul], below);
             errors = std::move(below);
         }
     }

@@ -348,7 +348,15 @@ void expect_late_non_finite_refused(const L& base, int threads) {
         return x;
     };
     const Tensor<double> q = random({B, T, H, K}, 0.3, 0.0), k = random({B, T * n, H, K}, 0.3, 0.0);
-    const Tensor<double> v = random({B, T * n, H, V}, 1.0, 0.0), g({B, T, H}, -0.1), eta({B, T * n, H}, 0.5);
+    const Tensor<double> v = random({B, T * n, H, V}, 1.0, 0.0), eta({B, T * n, H}, 0.5);
+    // RWKV-7 decays per key channel and removes along a = -kappa, writing b = kappa / 2.
+    constexpr bool dplr = std::is_same_v<typename L::algorithm_type, GeneralizedDelta>;
+    const Tensor<double> g(dplr ? Shape{B, T, H, K} : Shape{B, T, H}, -0.1);
+    Tensor<double> removal({B, T, H, dplr ? K : 0}), replacement({B, T, H, dplr ? K : 0});
+    for (Index i = 0; i < removal.size(); ++i) {
+        removal[i] = -0.3 * std::abs(normal(rng));
+        replacement[i] = -0.5 * removal[i];
+    }
     auto state = layer.load_state(std::map<std::string, Tensor<double>>{{"W", random({B, H, V, K}, 0.3, 0.0)}});
     const Tensor<double> before = layer.save_state(state).at("W");
 
@@ -371,7 +379,11 @@ void expect_late_non_finite_refused(const L& base, int threads) {
         Tensor<double>& bad = *bad_tensor;
         const Index width = bad.dim(3), rows = bad.dim(1);
         bad[((1 * rows + fault.t) * H + H - 1) * width + 1] = fault.value;
-        const Inputs<double> inputs{q_bad.view(), k_bad.view(), v_bad.view(), {{"g", g.view()}, {"eta", eta.view()}}};
+        Inputs<double> inputs{q_bad.view(), k_bad.view(), v_bad.view(), {{"g", g.view()}, {"eta", eta.view()}}};
+        if (dplr) {
+            inputs.gates.emplace("a", removal.view());
+            inputs.gates.emplace("b", replacement.view());
+        }
         std::string message;
         try {
             layer.forward(inputs, state);
@@ -390,6 +402,7 @@ TEST(ChunkedForm, LateNonFiniteInputKeepsState) {
     for (int threads : {1, 2}) {
         expect_late_non_finite_refused(presets::gated_deltanet(options), threads);
         expect_late_non_finite_refused(presets::deltaproduct(options, 2), threads);
+        expect_late_non_finite_refused(presets::rwkv7(options), threads);
     }
 }
 

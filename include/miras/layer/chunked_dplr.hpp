@@ -18,6 +18,7 @@
 #pragma once
 
 #include <type_traits>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -51,12 +52,13 @@ bool dplr_chunkable(const L& layer) {
     }
 }
 
-/// Runs one (b, h) sequence of the generalised delta rule chunk by chunk. W is the head's state,
-/// updated in place.
-template <class S, class L, class RetentionBound, class AlgorithmBound>
-void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
-                               const AlgorithmBound& algorithm_gates, Index b, Index h, Index T, Mat<S>& W,
-                               S* output) {
+/// Runs heads [first_head, last_head) of sequence b of the generalised delta rule chunk by chunk,
+/// updating each head's state in place. The heads take each chunk in turn, the states run
+/// transposed and `check_inputs` checks each chunk's rows, as in forward_heads_chunked.
+template <class S, class L, class RetentionBound, class AlgorithmBound, class HeadStates>
+ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
+                                         const AlgorithmBound& algorithm_gates, Index b, Index first_head,
+                                         Index last_head, Index T, HeadStates& heads, S* output, bool check_inputs) {
     const Index H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
     const Index C = layer.options().chunk_size;
     const S scale = S(layer.query_scale());
@@ -67,75 +69,88 @@ void forward_head_chunked_dplr(const L& layer, const Inputs<S>& inputs, const Re
     Mat<S> G(C, K), E(C, K), scratch(2 * C, K);
     ChannelDecays<S> decays;
     Vec<S> end_decay(K);
-    PacketProductScratch<S> product_scratch;
     // Rows [0, n) are A * exp(E), the removal keys at the state they read. Rows [n, 2n) are Q * exp(G).
     Mat<S> stacked(2 * C, K), from_start(2 * C, V);
+    std::vector<Mat<S>> states(static_cast<std::size_t>(last_head - first_head));
+    const auto state_of = [&](Index h) -> Mat<S>& { return heads[static_cast<std::size_t>(b * H + h)].memory; };
+    for (Index h = first_head; h < last_head; ++h) states[static_cast<std::size_t>(h - first_head)] = state_of(h).transpose();
+    ChunkedChecks checks;
 
     for (Index start = 0; start < T; start += C) {
         const Index n = std::min(C, T - start);
-        load_chunk(inputs, b, h, H, T, start, n, scale, Q, Kc, Vc);
-        for (Index r = 0; r < n; ++r) {
-            const Index t = start + r;
-            const GateValues<S> a = algorithm_gates.a.at(b, t, h);
-            const GateValues<S> beta = algorithm_gates.b.at(b, t, h);
-            const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
-            for (Index c = 0; c < K; ++c) {
-                Ac(r, c) = a[c];
-                Bc(r, c) = beta[c];
-                const S previous = r == 0 ? S(0) : G(r - 1, c);
-                G(r, c) = previous + g[c];
-                E(r, c) = gradient_first ? previous : G(r, c);
+        if (check_inputs && !chunk_inputs_finite(inputs, b, first_head, last_head, H, T, 1, start, n)) {
+            checks.inputs_finite = false;
+            return checks;
+        }
+        for (Index h = first_head; h < last_head; ++h) {
+            Mat<S>& Wt = states[static_cast<std::size_t>(h - first_head)];
+            load_chunk(inputs, b, h, H, T, start, n, scale, Q, Kc, Vc);
+            for (Index r = 0; r < n; ++r) {
+                const Index t = start + r;
+                const GateValues<S> a = algorithm_gates.a.at(b, t, h);
+                const GateValues<S> beta = algorithm_gates.b.at(b, t, h);
+                const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
+                for (Index c = 0; c < K; ++c) {
+                    Ac(r, c) = a[c];
+                    Bc(r, c) = beta[c];
+                    const S previous = r == 0 ? S(0) : G(r - 1, c);
+                    G(r, c) = previous + g[c];
+                    E(r, c) = gradient_first ? previous : G(r, c);
+                }
+                Vc.row(r) *= algorithm_gates.eta.at(b, t, h)[0];
             }
-            Vc.row(r) *= algorithm_gates.eta.at(b, t, h)[0];
-        }
-        auto Vn = Vc.topRows(n);
-        auto Yn = Y.topRows(n);
+            auto Vn = Vc.topRows(n);
+            auto Yn = Y.topRows(n);
 
-        // exp(E_r) is exp(G_r), or exp(G_{r-1}) when the gradient comes before the decay.
-        decays.compute(G, n);
-        const Mat<S>& R = gradient_first ? E : G;
-        for (Index r = 0; r < n; ++r) {
-            if (!gradient_first) {
-                stacked.row(r) = Ac.row(r).cwiseProduct(decays.from_start.row(r));
-            } else if (r > 0) {
-                stacked.row(r) = Ac.row(r).cwiseProduct(decays.from_start.row(r - 1));
-            } else {
-                stacked.row(r) = Ac.row(r);
+            // exp(E_r) is exp(G_r), or exp(G_{r-1}) when the gradient comes before the decay.
+            decays.compute(G, n);
+            const Mat<S>& R = gradient_first ? E : G;
+            for (Index r = 0; r < n; ++r) {
+                if (!gradient_first) {
+                    stacked.row(r) = Ac.row(r).cwiseProduct(decays.from_start.row(r));
+                } else if (r > 0) {
+                    stacked.row(r) = Ac.row(r).cwiseProduct(decays.from_start.row(r - 1));
+                } else {
+                    stacked.row(r) = Ac.row(r);
+                }
             }
+            stacked.middleRows(n, n) = Q.topRows(n).cwiseProduct(decays.from_start.topRows(n));
+            multiply_into(stacked.topRows(2 * n), Wt, from_start.topRows(2 * n), /*accumulate=*/false);
+
+            // (I - L_ab) Y = (A * exp(E)) W_0^T + L_ak diag(eta) V.
+            decayed_products(Ac, R, Bc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ab);
+            decayed_products(Ac, R, Kc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ak);
+            Yn = from_start.topRows(n);
+            multiply_into(L_ak.topLeftCorner(n, n), Vn, Yn, /*accumulate=*/true);
+            auto system = L_ab.topLeftCorner(n, n);
+            system = -system;
+            solve_unit_lower_in_place(system, Yn);
+
+            // O = (Q * exp(G)) W_0^T + P_qb Y + P_qk diag(eta) V, reusing L_ab and L_ak for P_qb, P_qk.
+            auto On = from_start.middleRows(n, n);
+            decayed_products(Q, G, Bc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ab);
+            decayed_products(Q, G, Kc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ak);
+            multiply_into(L_ab.topLeftCorner(n, n), Yn, On, /*accumulate=*/true);
+            multiply_into(L_ak.topLeftCorner(n, n), Vn, On, /*accumulate=*/true);
+            for (Index r = 0; r < n; ++r) {
+                S* o = output + ((b * T + start + r) * H + h) * V;
+                for (Index c = 0; c < V; ++c) o[c] = On(r, c);
+                checks.outputs_finite = checks.outputs_finite && all_finite(o, V);
+            }
+
+            // W_C^T = diag(exp(G_C)) W_0^T + (B * exp(G_C - G))^T Y + (K * exp(G_C - G))^T diag(eta) V.
+            // One product over the stacked rows [Y; diag(eta) V] and [B; K] * exp(G_C - G).
+            const auto ratio = decays.to_end.topRows(n);
+            Y.middleRows(n, n) = Vn;
+            scratch.topRows(n) = Bc.topRows(n).cwiseProduct(ratio);
+            scratch.middleRows(n, n) = Kc.topRows(n).cwiseProduct(ratio);
+            end_decay = decays.from_start.row(n - 1).transpose();
+            scale_rows_and_add_transpose_product(scratch.topRows(2 * n), Y.topRows(2 * n), end_decay, Wt);
         }
-        stacked.middleRows(n, n) = Q.topRows(n).cwiseProduct(decays.from_start.topRows(n));
-        multiply_by_transpose_into(stacked.topRows(2 * n), W, from_start.topRows(2 * n), product_scratch);
-
-        // (I - L_ab) Y = (A * exp(E)) W_0^T + L_ak diag(eta) V.
-        decayed_products(Ac, R, Bc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ab);
-        decayed_products(Ac, R, Kc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ak);
-        Yn = from_start.topRows(n);
-        multiply_into(L_ak.topLeftCorner(n, n), Vn, Yn, /*accumulate=*/true);
-        auto system = L_ab.topLeftCorner(n, n);
-        system = -system;
-        solve_unit_lower_in_place(system, Yn);
-
-        // O = (Q * exp(G)) W_0^T + P_qb Y + P_qk diag(eta) V, reusing L_ab and L_ak for P_qb, P_qk.
-        auto On = from_start.middleRows(n, n);
-        decayed_products(Q, G, Bc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ab);
-        decayed_products(Q, G, Kc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ak);
-        multiply_into(L_ab.topLeftCorner(n, n), Yn, On, /*accumulate=*/true);
-        multiply_into(L_ak.topLeftCorner(n, n), Vn, On, /*accumulate=*/true);
-        for (Index r = 0; r < n; ++r) {
-            S* o = output + ((b * T + start + r) * H + h) * V;
-            for (Index c = 0; c < V; ++c) o[c] = On(r, c);
-        }
-
-        // W_C = W_0 diag(exp(G_C)) + Y^T (B * exp(G_C - G)) + V^T diag(eta) (K * exp(G_C - G)).
-        // One product over the stacked rows [Y; diag(eta) V] and [B; K] * exp(G_C - G).
-        const auto ratio = decays.to_end.topRows(n);
-        Y.middleRows(n, n) = Vn;
-        scratch.topRows(n) = Bc.topRows(n).cwiseProduct(ratio);
-        scratch.middleRows(n, n) = Kc.topRows(n).cwiseProduct(ratio);
-        end_decay = decays.from_start.row(n - 1).transpose();
-        scale_and_add_transpose_product(Y.topRows(2 * n), scratch.topRows(2 * n), end_decay, W);
     }
+    for (Index h = first_head; h < last_head; ++h) state_of(h) = states[static_cast<std::size_t>(h - first_head)].transpose();
     if constexpr (std::is_same_v<typename L::retention_type, NoRetention>) (void)retention_gates;
+    return checks;
 }
 
 }  // namespace detail

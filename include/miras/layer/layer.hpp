@@ -344,18 +344,43 @@ private:
         }
     }
 
-    /// Whether forward() leaves the check of q, k and v to the chunked form of the matrix memory,
-    /// which checks each chunk as it reads it instead of making a separate pass over the inputs.
-    /// It does so when the inputs outnumber the state, which it saves to restore on a non-finite value.
+    /// Whether forward() leaves the check of q, k and v to the chunked forms that run over groups of
+    /// heads (the gradient step and the generalised delta rule of the matrix memory). These check
+    /// each chunk as they read it, in place of a separate pass over the inputs. They do so when the
+    /// inputs outnumber the state, which they save to restore on a non-finite value.
     bool checks_values_while_reading(Index T) const {
-        if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) {
-            if (options_.execution == Execution::reference || !detail::chunkable(*this) || !runs_chunked(T)) return false;
-            const Index K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
-            return T * (K + n * (K + V)) > K * V;
-        } else {
-            (void)T;
-            return false;
+        if (options_.execution == Execution::reference || !runs_chunked(T)) return false;
+        bool grouped = false;
+        if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) grouped = detail::chunkable(*this);
+        if constexpr (detail::dplr_types_v<Memory, Retention, Algorithm>) grouped = true;
+        const Index K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
+        return grouped && T * (K + n * (K + V)) > K * V;
+    }
+
+    /// Runs forward_heads(b, first_head, last_head) over the groups of heads of every sequence, one
+    /// group per thread, and returns whether every output it wrote is finite. With `check_inputs`
+    /// each call checks its inputs. On a non-finite value the state is restored and the error of
+    /// check_values raised.
+    template <class S, class F>
+    bool run_head_groups(const Inputs<S>& inputs, Index B, State<S>& state, bool check_inputs, F&& forward_heads) const {
+        const Index H = dims_.heads;
+        const Index groups = std::min<Index>(H, std::max(options_.threads, 1));
+        std::optional<State<S>> saved;
+        if (check_inputs) saved = state;
+        std::vector<detail::ChunkedChecks> checks(static_cast<std::size_t>(B * groups));
+        parallel_for(B * groups, options_.threads, [&](Index task) {
+            const Index b = task / groups, group = task % groups;
+            checks[static_cast<std::size_t>(task)] = forward_heads(b, group * H / groups, (group + 1) * H / groups);
+        });
+        const auto all = [&](bool detail::ChunkedChecks::*found) {
+            return std::all_of(checks.begin(), checks.end(), [&](const auto& c) { return c.*found; });
+        };
+        if (!all(&detail::ChunkedChecks::inputs_finite)) {
+            state = *saved;
+            check_values(inputs);
+            throw std::logic_error("the chunked form found a non-finite input that check_values did not");
         }
+        return all(&detail::ChunkedChecks::outputs_finite);
     }
 
     /// Runs T tokens of B sequences from `state`, writing o [B, T, H, V] to `output`, and returns
@@ -372,27 +397,12 @@ private:
         if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) {
             if (options_.execution != Execution::reference && detail::chunkable(*this)) {
                 if (runs_chunked(T)) {
-                    // Each task takes a group of heads of one sequence, one group per thread.
-                    const Index groups = std::min<Index>(H, std::max(options_.threads, 1));
-                    std::optional<State<S>> saved;
-                    if (check_inputs) saved = state;
-                    std::vector<detail::ChunkedChecks> checks(static_cast<std::size_t>(B * groups));
-                    parallel_for(B * groups, options_.threads, [&](Index task) {
-                        const Index b = task / groups, group = task % groups;
-                        checks[static_cast<std::size_t>(task)] = detail::forward_heads_chunked(
-                            *this, inputs, gates.retention, gates.algorithm, b, group * H / groups,
-                            (group + 1) * H / groups, T, state.heads, output, check_inputs);
+                    return run_head_groups(inputs, B, state, check_inputs, [&](Index b, Index first, Index last) {
+                        return detail::forward_heads_chunked(*this, inputs, gates.retention, gates.algorithm, b, first,
+                                                             last, T, state.heads, output, check_inputs);
                     });
-                    const auto all = [&](bool detail::ChunkedChecks::*found) {
-                        return std::all_of(checks.begin(), checks.end(), [&](const auto& c) { return c.*found; });
-                    };
-                    if (!all(&detail::ChunkedChecks::inputs_finite)) {
-                        state = *saved;
-                        check_values(inputs);
-                        throw std::logic_error("the chunked form found a non-finite input that check_values did not");
-                    }
-                    return all(&detail::ChunkedChecks::outputs_finite);
                 }
+                if (check_inputs) check_values(inputs);
                 parallel_for(B * H, options_.threads, [&](Index task) {
                     auto& W = state.heads[static_cast<std::size_t>(task)].memory;
                     detail::forward_head_fused(*this, inputs, gates.retention, gates.algorithm, task / H, task % H, T, W,
@@ -403,14 +413,15 @@ private:
         }
         if constexpr (detail::dplr_types_v<Memory, Retention, Algorithm>) {
             if (options_.execution != Execution::reference && runs_chunked(T)) {
-                parallel_for(B * H, options_.threads, [&](Index task) {
-                    auto& W = state.heads[static_cast<std::size_t>(task)].memory;
-                    detail::forward_head_chunked_dplr(*this, inputs, gates.retention, gates.algorithm, task / H,
-                                                      task % H, T, W, output);
+                return run_head_groups(inputs, B, state, check_inputs, [&](Index b, Index first, Index last) {
+                    return detail::forward_heads_chunked_dplr(*this, inputs, gates.retention, gates.algorithm, b, first,
+                                                              last, T, state.heads, output, check_inputs);
                 });
-                return false;
             }
         }
+        // The other forms read q, k and v with no check of their own, so a check left to the run
+        // happens here.
+        if (check_inputs) check_values(inputs);
         if constexpr (detail::mesa_types_v<Memory, Retention, Algorithm>) {
             if (options_.execution != Execution::reference && runs_chunked(T)) {
                 parallel_for(B * H, options_.threads, [&](Index task) {

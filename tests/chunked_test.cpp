@@ -423,3 +423,91 @@ TEST(ChunkedForm, DivergedOutputRaises) {
     const Inputs<float> inputs{q.view(), k.view(), v.view(), {{"g", g.view()}, {"eta", eta.view()}}};
     EXPECT_THROW(layer.forward(inputs), NumericalError);
 }
+
+/// The inputs and initial state of a chunked run in double, for run_with_shifted_key.
+struct DoubleRun {
+    std::map<std::string, Tensor<double>> inputs, state;
+};
+
+/// Runs `layer` from `run` in scalar S with `shift` added to entry `index` of k.
+template <class S, class L>
+Tensor<S> run_with_shifted_key(const L& layer, const DoubleRun& run, Index index, const S& shift) {
+    const auto cast = [](const Tensor<double>& x) {
+        Tensor<S> y(x.shape());
+        for (Index i = 0; i < x.size(); ++i) y[i] = S(x[i]);
+        return y;
+    };
+    std::map<std::string, Tensor<S>> tensors, start;
+    for (const auto& [name, tensor] : run.inputs) tensors.emplace(name, cast(tensor));
+    for (const auto& [name, tensor] : run.state) start.emplace(name, cast(tensor));
+    tensors.at("k")[index] += shift;
+    Inputs<S> inputs{tensors.at("q").view(), tensors.at("k").view(), tensors.at("v").view(), {}};
+    for (const auto& [name, tensor] : tensors) {
+        if (name != "q" && name != "k" && name != "v") inputs.gates.emplace(name, tensor.view());
+    }
+    auto state = layer.load_state(start);
+    return layer.forward(inputs, state);
+}
+
+// The chunked forms on Dual<double>, the scalar of forward-mode derivatives, take Eigen's
+// products in place of the packet loops. Their values equal the double run, and the derivative
+// of every output along one key entry equals a central finite difference.
+template <class L>
+void expect_dual_matches_double(const L& base) {
+    const L layer = with_execution(base, Execution::chunked, 8);
+    const Index B = 1, T = 20, H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
+    std::mt19937 rng(29);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    const auto random = [&](Shape shape, double scale) {
+        Tensor<double> x(std::move(shape));
+        for (auto& value : x.values()) value = scale * normal(rng);
+        return x;
+    };
+    bool channel_decay = false;
+    if constexpr (requires { layer.retention().gate; }) channel_decay = layer.retention().gate.axis == Axis::key;
+    constexpr bool dplr = std::is_same_v<typename L::algorithm_type, GeneralizedDelta>;
+    DoubleRun run;
+    run.inputs.emplace("q", random({B, T, H, K}, 0.5));
+    run.inputs.emplace("k", random({B, T, H, K}, 0.3));
+    run.inputs.emplace("v", random({B, T, H, V}, 1.0));
+    run.inputs.emplace("g", Tensor<double>(channel_decay ? Shape{B, T, H, K} : Shape{B, T, H}, -0.1));
+    run.inputs.emplace("eta", Tensor<double>({B, T, H}, 0.5));
+    if (dplr) {
+        Tensor<double> removal = random({B, T, H, K}, 0.3), replacement({B, T, H, K});
+        for (Index i = 0; i < removal.size(); ++i) {
+            removal[i] = -std::abs(removal[i]);
+            replacement[i] = -0.5 * removal[i];
+        }
+        run.inputs.emplace("a", removal);
+        run.inputs.emplace("b", replacement);
+    }
+    run.state.emplace("W", random({B, H, V, K}, 0.3));
+
+    // Token 3 of the last head, in the first chunk, so that its effect runs through later chunks.
+    const Index index = (3 * H + H - 1) * K + 1;
+    constexpr double step = 1e-6;
+    const Tensor<Dual<double>> dual = run_with_shifted_key(layer, run, index, Dual<double>(0.0, 1.0));
+    const Tensor<double> plain = run_with_shifted_key(layer, run, index, 0.0);
+    const Tensor<double> plus = run_with_shifted_key(layer, run, index, step);
+    const Tensor<double> minus = run_with_shifted_key(layer, run, index, -step);
+    double value_error = 0.0, derivative_error = 0.0, largest = 0.0;
+    for (Index i = 0; i < plain.size(); ++i) {
+        const double difference = (plus[i] - minus[i]) / (2.0 * step);
+        value_error = std::max(value_error, std::abs(dual[i].v - plain[i]));
+        derivative_error = std::max(derivative_error, std::abs(dual[i].d - difference));
+        largest = std::max(largest, std::abs(difference));
+    }
+    EXPECT_LE(value_error, 1e-12);
+    EXPECT_LE(derivative_error, 1e-6 * std::max(1.0, largest));
+    // The key entry must move the outputs, or the comparison above proves nothing.
+    EXPECT_GT(largest, 1e-3);
+}
+
+TEST(ChunkedForm, DualMatchesDouble) {
+    // Keys of 20 channels and values of 18: packets of 8 doubles with remainders in the double runs.
+    const LayerOptions options{.heads = 2, .key_dim = 20, .value_dim = 18};
+    expect_dual_matches_double(presets::gated_deltanet(options));
+    expect_dual_matches_double(presets::gla(options));
+    expect_dual_matches_double(presets::kda(options));
+    expect_dual_matches_double(presets::rwkv7(options));
+}

@@ -165,13 +165,17 @@ void expect_solve_and_square_product_match_eigen(double tolerance) {
         Mat<S>(A).template triangularView<Eigen::UnitLower>().solveInPlace(want);
         EXPECT_LE((Mat<S>(solved_all.block(1, 1, n, in)) - want).cwiseAbs().maxCoeff(), tolerance * static_cast<double>(n))
             << "solve, n=" << n << " columns=" << in;
-        EXPECT_EQ(solved_all.col(0), X_all.col(0)) << "solve wrote outside its block, n=" << n;
-        EXPECT_EQ(solved_all.row(0), X_all.row(0)) << "solve wrote outside its block, n=" << n;
+        EXPECT_EQ(solved_all.col(0), X_all.col(0)) << "solve wrote left of its block, n=" << n;
+        EXPECT_EQ(solved_all.rightCols(2), X_all.rightCols(2)) << "solve wrote right of its block, n=" << n;
+        EXPECT_EQ(solved_all.row(0), X_all.row(0)) << "solve wrote above its block, n=" << n;
+        EXPECT_EQ(solved_all.bottomRows(1), X_all.bottomRows(1)) << "solve wrote below its block, n=" << n;
 
         Mat<S> sum_all = X_all;
         const Mat<S> U = random_matrix<S>(n, in, rng);
         detail::multiply_into(A, U, sum_all.block(1, 1, n, in), /*accumulate=*/true);
         const Mat<S> want_sum = X_all.block(1, 1, n, in) + A * U;
+        EXPECT_EQ(sum_all.rightCols(2), X_all.rightCols(2)) << "product wrote right of its block, n=" << n;
+        EXPECT_EQ(sum_all.bottomRows(1), X_all.bottomRows(1)) << "product wrote below its block, n=" << n;
         EXPECT_LE((Mat<S>(sum_all.block(1, 1, n, in)) - want_sum).cwiseAbs().maxCoeff(), tolerance * static_cast<double>(n))
             << "square product, n=" << n << " columns=" << in;
     });
@@ -185,7 +189,6 @@ TEST(PacketProduct, SolveAndSquareProductMatchEigenInDouble) {
 
 // Each row of Z is the same whether U has one row or many, so the product of a row does not
 // depend on how many rows share its group (a partial last chunk, for one).
-
 TEST(PacketProduct, RowsDoNotDependOnTheirGroup) {
     std::mt19937 rng(11);
     detail::PacketProductScratch<float> scratch;

@@ -259,9 +259,10 @@ bool chunk_inputs_finite(const Inputs<S>& inputs, Index b, Index first_head, Ind
 /// W^T += K^T U both stream rows of W^T with no operand transposed.
 ///
 /// With `check_inputs`, each chunk's rows of q, k and v are checked finite just before the heads
-/// read them, where the check brings them into the cache, and the run stops at the first chunk with
-/// a non-finite value, leaving the states part-way (the caller restores them). Every output row
-/// written is checked finite too; the caller names the first non-finite one.
+/// read them, where the check brings them into the cache. The run stops at the first chunk with a
+/// non-finite value and returns without writing its states back, and the caller restores the
+/// states of the other groups. Every output row written is checked finite too, and the caller
+/// names the first non-finite one.
 template <class S, class L, class RetentionBound, class AlgorithmBound, class HeadStates>
 ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
                                     const AlgorithmBound& algorithm_gates, Index b, Index first_head, Index last_head,

@@ -344,10 +344,10 @@ private:
         }
     }
 
-    /// Whether forward() leaves the check of q, k and v to the chunked forms that run over groups of
-    /// heads (the gradient step and the generalised delta rule of the matrix memory). These check
-    /// each chunk as they read it, in place of a separate pass over the inputs. They do so when the
-    /// inputs outnumber the state, which they save to restore on a non-finite value.
+    /// Returns whether forward() leaves the check of q, k and v to the chunked forms that run over
+    /// groups of heads (the gradient step and the generalised delta rule of the matrix memory).
+    /// These check each chunk as they read it, in place of a separate pass over the inputs. They do
+    /// so when the inputs outnumber the state, which they save to restore on a non-finite value.
     bool checks_values_while_reading(Index T) const {
         if (options_.execution == Execution::reference || !runs_chunked(T)) return false;
         bool grouped = false;
@@ -368,10 +368,16 @@ private:
         std::optional<State<S>> saved;
         if (check_inputs) saved = state;
         std::vector<detail::ChunkedChecks> checks(static_cast<std::size_t>(B * groups));
-        parallel_for(B * groups, options_.threads, [&](Index task) {
-            const Index b = task / groups, group = task % groups;
-            checks[static_cast<std::size_t>(task)] = forward_heads(b, group * H / groups, (group + 1) * H / groups);
-        });
+        try {
+            parallel_for(B * groups, options_.threads, [&](Index task) {
+                const Index b = task / groups, group = task % groups;
+                checks[static_cast<std::size_t>(task)] = forward_heads(b, group * H / groups, (group + 1) * H / groups);
+            });
+        } catch (...) {
+            // A group that failed (out of memory, for one) leaves the others advanced.
+            if (saved) state = *saved;
+            throw;
+        }
         const auto all = [&](bool detail::ChunkedChecks::*found) {
             return std::all_of(checks.begin(), checks.end(), [&](const auto& c) { return c.*found; });
         };

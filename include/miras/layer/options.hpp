@@ -31,8 +31,9 @@ struct LayerOptions {
     /// on one core of an Intel Xeon, 16 ran Gated DeltaNet, GLA, KDA and Mamba2 6 to 26% faster
     /// than 64.
     Index chunk_size = 16;
-    /// Threads over the (sequence, head) pairs of a call. Each pair runs on one thread, so the
-    /// results are bitwise the same for every thread count.
+    /// Threads over the (sequence, head) pairs of a call (over groups of heads of a sequence in the
+    /// chunked forms). Each head runs on one thread, so the results are bitwise the same for every
+    /// thread count.
     int threads = 1;
 };
 

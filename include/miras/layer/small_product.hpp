@@ -21,6 +21,10 @@
 // The writes W <- W diag(d) + A^T B (or diag(d) W + A^T B) keep a block of four rows by four
 // packets of W in registers while the n rows of A and B go past, so the decay and the write take
 // one pass over W.
+//
+// The blocks above are sized for the 32 vector registers of AVX-512 (block_rows = 4). With the 16
+// registers of AVX2 or SSE they take two rows, and the read of two groups four rows of W.
+
 #pragma once
 
 #include <algorithm>
@@ -32,9 +36,13 @@
 
 namespace miras::detail {
 
-/// Whether Z = U W^T runs on the SIMD packets here (float and double), else on Eigen's product.
+/// Whether the products here run on the SIMD packets (float and double), else on Eigen's products.
 template <class S>
 inline constexpr bool packet_product_v = std::is_floating_point_v<S> && Eigen::internal::packet_traits<S>::Vectorizable;
+
+/// Rows of a register block: four for the 32 vector registers of AVX-512, two for the 16 of AVX2
+/// and SSE, so that a block of accumulators and its operands fit without spilling.
+inline constexpr int block_rows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 4 : 2;
 
 // SIMD packet types carry alignment attributes that a template argument drops; Eigen's own
 // headers silence the same warning.
@@ -143,7 +151,7 @@ void multiply_by_transpose_into(const URows& U, const WRows& W, ZRows&& Z, Packe
                 transpose_into(U.data() + (first + g * P) * ld_u, group_rows, in, ld_u, Ut + g * in * P, P);
             }
             if (groups == 2) {
-                all_rows_times_packets<R, 2>(W.data(), out, in, ld_w, Ut, Zt);
+                all_rows_times_packets<2 * block_rows, 2>(W.data(), out, in, ld_w, Ut, Zt);
             } else {
                 all_rows_times_packets<R, 1>(W.data(), out, in, ld_w, Ut, Zt);
             }
@@ -215,7 +223,7 @@ void scale_and_add_transpose_product_impl(const ARows& A, const BRows& B, ScaleB
     } else {
         using Packet = typename Eigen::internal::packet_traits<S>::type;
         constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
-        constexpr int RJ = 4, CP = 4;
+        constexpr int RJ = block_rows, CP = 4;
         const S* a = A.data();
         const S* b = B.data();
         const Index ld_a = A.outerStride(), ld_b = B.outerStride(), ld_w = W.outerStride();
@@ -301,7 +309,7 @@ EIGEN_ALWAYS_INLINE void product_block(const S* D, Index ld_d, const S* W, Index
 template <int CP, bool Accumulate, class S>
 EIGEN_ALWAYS_INLINE void product_column_block(const S* D, Index ld_d, const S* W, Index ld_w, Index n, Index in, S* E,
                                               Index ld_e, Index c0) {
-    constexpr int RJ = 4;
+    constexpr int RJ = block_rows;
     const Index full = n / RJ * RJ;
     for (Index r = 0; r < full; r += RJ) product_block<RJ, CP, Accumulate>(D, ld_d, W, ld_w, in, E, ld_e, r, c0);
     for (Index r = full; r < n; ++r) product_block<1, CP, Accumulate>(D, ld_d, W, ld_w, in, E, ld_e, r, c0);

@@ -332,7 +332,7 @@ TEST(ChunkedForm, AutomaticPicksChunkedOnlyWhereExact) {
 // the state. A non-finite value in a late chunk, found after the earlier chunks have moved the
 // state, gives the error that the check before the run gives, and leaves the state as it was.
 template <class L>
-void expect_late_non_finite_refused(const L& base, int threads) {
+void expect_late_non_finite_raises(const L& base, int threads) {
     const L layer = test::with_options(base, [&](LayerOptions& options) {
         options.execution = Execution::chunked;
         options.chunk_size = 8;
@@ -400,9 +400,9 @@ void expect_late_non_finite_refused(const L& base, int threads) {
 TEST(ChunkedForm, LateNonFiniteInputKeepsState) {
     const LayerOptions options{.heads = 3, .key_dim = 8, .value_dim = 5};
     for (int threads : {1, 2}) {
-        expect_late_non_finite_refused(presets::gated_deltanet(options), threads);
-        expect_late_non_finite_refused(presets::deltaproduct(options, 2), threads);
-        expect_late_non_finite_refused(presets::rwkv7(options), threads);
+        expect_late_non_finite_raises(presets::gated_deltanet(options), threads);
+        expect_late_non_finite_raises(presets::deltaproduct(options, 2), threads);
+        expect_late_non_finite_raises(presets::rwkv7(options), threads);
     }
 }
 

@@ -251,6 +251,32 @@ bool chunk_inputs_finite(const Inputs<S>& inputs, Index b, Index first_head, Ind
     return finite;
 }
 
+/// The states of heads [first_head, last_head) of sequence b, transposed (K x V) for a chunked run
+/// and written back by store().
+template <class S, class HeadStates>
+class TransposedStates {
+public:
+    TransposedStates(HeadStates& heads, Index b, Index H, Index first_head, Index last_head)
+        : heads_(heads), first_(b * H + first_head), first_head_(first_head),
+          states_(static_cast<std::size_t>(last_head - first_head)) {
+        for (std::size_t i = 0; i < states_.size(); ++i) states_[i] = heads_[first_ + i].memory.transpose();
+    }
+
+    /// The transposed state of head h.
+    Mat<S>& operator[](Index h) { return states_[static_cast<std::size_t>(h - first_head_)]; }
+
+    /// Writes every state back to its head in the layer's orientation (V x K).
+    void store() const {
+        for (std::size_t i = 0; i < states_.size(); ++i) heads_[first_ + i].memory = states_[i].transpose();
+    }
+
+private:
+    HeadStates& heads_;
+    std::size_t first_;
+    Index first_head_;
+    std::vector<Mat<S>> states_;
+};
+
 /// Runs heads [first_head, last_head) of sequence b chunk by chunk, updating each head's state
 /// (heads[b * H + h].memory) in place. Every head takes the chunk before any head takes the next,
 /// because the rows of one token lie side by side for all heads in q, k, v and the output. So the
@@ -286,7 +312,6 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
     // the decayed predictions eta exp(E) P (delta rule) above the decayed queries exp(G) Q.
     const Index reads_of_start = delta ? 2 * C : C;
     Mat<S> stacked(reads_of_start, K), from_start(reads_of_start, V);
-    PacketProductScratch<S> product_scratch;
     Vec<S> G(C), E(C), eta(C);
     // Per-channel decay: cumulative log-decays and prediction exponents per key channel.
     Mat<S> Gm(channel ? C : 0, K), Em(channel ? C : 0, K), scratch(channel ? C : 0, K);
@@ -294,9 +319,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
     Vec<S> end_decay(channel ? K : 0);
     // K^T of the chunk, and the transposed states of the heads.
     Mat<S> Kt(K, C);
-    std::vector<Mat<S>> states(static_cast<std::size_t>(last_head - first_head));
-    const auto state_of = [&](Index h) -> Mat<S>& { return heads[static_cast<std::size_t>(b * H + h)].memory; };
-    for (Index h = first_head; h < last_head; ++h) states[static_cast<std::size_t>(h - first_head)] = state_of(h).transpose();
+    TransposedStates<S, HeadStates> states(heads, b, H, first_head, last_head);
     ChunkedChecks checks;
 
     for (Index start = 0; start < pairs; start += C) {
@@ -306,7 +329,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             return checks;
         }
         for (Index h = first_head; h < last_head; ++h) {
-            Mat<S>& Wt = states[static_cast<std::size_t>(h - first_head)];
+            Mat<S>& Wt = states[h];
             auto Qn = Q.topRows(n);
             auto Kn = Kc.topRows(n);
             auto Vn = Vc.topRows(n);
@@ -392,7 +415,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             }
 
             // O = (Q * exp(G)) W_0^T + (decayed Q K^T, lower triangle with the diagonal) U, and
-            // W_C = W_0 exp(G_C) + U^T (K * exp(G_C - G)), the exponentials per channel or per head.
+            // W_C^T = exp(G_C) W_0^T + (K * exp(G_C - G))^T U, the exponentials per channel or per head.
             auto On = from_start.middleRows(m, n);
             if (channel) {
                 decayed_products(Q, Gm, Kc, Gm, decays.steps, n, /*include_diagonal=*/true, scratch, A);
@@ -414,7 +437,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             }
         }
     }
-    for (Index h = first_head; h < last_head; ++h) state_of(h) = states[static_cast<std::size_t>(h - first_head)].transpose();
+    states.store();
     if constexpr (std::is_same_v<Retention, NoRetention>) (void)retention_gates;
     return checks;
 }

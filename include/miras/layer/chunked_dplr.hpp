@@ -18,7 +18,6 @@
 #pragma once
 
 #include <type_traits>
-#include <vector>
 
 #include <Eigen/Core>
 
@@ -71,9 +70,7 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
     Vec<S> end_decay(K);
     // Rows [0, n) are A * exp(E), the removal keys at the state they read. Rows [n, 2n) are Q * exp(G).
     Mat<S> stacked(2 * C, K), from_start(2 * C, V);
-    std::vector<Mat<S>> states(static_cast<std::size_t>(last_head - first_head));
-    const auto state_of = [&](Index h) -> Mat<S>& { return heads[static_cast<std::size_t>(b * H + h)].memory; };
-    for (Index h = first_head; h < last_head; ++h) states[static_cast<std::size_t>(h - first_head)] = state_of(h).transpose();
+    TransposedStates<S, HeadStates> states(heads, b, H, first_head, last_head);
     ChunkedChecks checks;
 
     for (Index start = 0; start < T; start += C) {
@@ -83,7 +80,7 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
             return checks;
         }
         for (Index h = first_head; h < last_head; ++h) {
-            Mat<S>& Wt = states[static_cast<std::size_t>(h - first_head)];
+            Mat<S>& Wt = states[h];
             load_chunk(inputs, b, h, H, T, start, n, scale, Q, Kc, Vc);
             for (Index r = 0; r < n; ++r) {
                 const Index t = start + r;
@@ -148,7 +145,7 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
             scale_rows_and_add_transpose_product(scratch.topRows(2 * n), Y.topRows(2 * n), end_decay, Wt);
         }
     }
-    for (Index h = first_head; h < last_head; ++h) state_of(h) = states[static_cast<std::size_t>(h - first_head)].transpose();
+    states.store();
     if constexpr (std::is_same_v<typename L::retention_type, NoRetention>) (void)retention_gates;
     return checks;
 }

@@ -18,9 +18,9 @@
 // transpose puts the packets back as columns of Z. The sums run over k in the same order for every
 // entry, so a row of Z does not depend on the other rows of U.
 //
-// The writes W <- W diag(d) + A^T B (or diag(d) W + A^T B) keep a block of four rows by four
-// packets of W in registers while the n rows of A and B go past, so the decay and the write take
-// one pass over W.
+// The writes W <- W diag(d) + A^T B (or diag(d) W + A^T B) sum a block of four rows by four
+// packets of A^T B in registers while the n rows of A and B go past, then read, decay and write
+// that block of W, so the decay and the write take one pass over W.
 //
 // The blocks above are sized for the 32 vector registers of AVX-512 (block_rows = 4). With the 16
 // registers of AVX2 or SSE they take two rows, and the read of two groups four rows of W.
@@ -176,7 +176,9 @@ enum class ScaleBy { number, columns, rows };
 
 /// Sets W[j, c] <- W[j, c] s + sum_i A[i, j] B[i, c] for the RJ rows of W from `first_row` and
 /// the CP packets of columns from c0, with the sum over the n rows of A and B. The factor s is
-/// `scale`, d[c] or d[j], as `by` selects.
+/// `scale`, d[c] or d[j], as `by` selects. The sums start from zero and W is read at the end, so
+/// that no multiply-add waits for the block of W to arrive from the second-level cache (a 128 x 128
+/// state does not fit the first): 126 to 144 GFLOP/s for n = 16 on an Intel Xeon with AVX-512.
 template <int RJ, int CP, class S>
 EIGEN_ALWAYS_INLINE void scaled_add_block(const S* A, Index ld_a, const S* B, Index ld_b, Index n, ScaleBy by,
                                           const S* d, S scale, S* W, Index ld_w, Index first_row, Index c0) {
@@ -184,13 +186,7 @@ EIGEN_ALWAYS_INLINE void scaled_add_block(const S* A, Index ld_a, const S* B, In
     constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
     Packet sum[RJ][CP];
     for (int j = 0; j < RJ; ++j) {
-        const S* row = W + (first_row + j) * ld_w + c0;
-        for (int p = 0; p < CP; ++p) {
-            const Packet factor = by == ScaleBy::columns ? Eigen::internal::ploadu<Packet>(d + c0 + p * P)
-                                  : by == ScaleBy::rows  ? Eigen::internal::pset1<Packet>(d[first_row + j])
-                                                         : Eigen::internal::pset1<Packet>(scale);
-            sum[j][p] = Eigen::internal::pmul(Eigen::internal::ploadu<Packet>(row + p * P), factor);
-        }
+        for (int p = 0; p < CP; ++p) sum[j][p] = Eigen::internal::pset1<Packet>(S(0));
     }
     for (Index i = 0; i < n; ++i) {
         Packet b[CP];
@@ -202,7 +198,13 @@ EIGEN_ALWAYS_INLINE void scaled_add_block(const S* A, Index ld_a, const S* B, In
     }
     for (int j = 0; j < RJ; ++j) {
         S* row = W + (first_row + j) * ld_w + c0;
-        for (int p = 0; p < CP; ++p) Eigen::internal::pstoreu(row + p * P, sum[j][p]);
+        for (int p = 0; p < CP; ++p) {
+            const Packet factor = by == ScaleBy::columns ? Eigen::internal::ploadu<Packet>(d + c0 + p * P)
+                                  : by == ScaleBy::rows  ? Eigen::internal::pset1<Packet>(d[first_row + j])
+                                                         : Eigen::internal::pset1<Packet>(scale);
+            const Packet old = Eigen::internal::ploadu<Packet>(row + p * P);
+            Eigen::internal::pstoreu(row + p * P, Eigen::internal::pmadd(old, factor, sum[j][p]));
+        }
     }
 }
 

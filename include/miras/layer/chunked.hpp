@@ -68,20 +68,20 @@ bool reads_after_one_write(const L& layer) {
 }
 
 /// Copies the rows of tokens [start, start + n) of sequence b and head h into Q (times `scale`),
-/// Kc and Vc, for the chunked forms that take one write per token.
+/// Kc and Vc, for the chunked forms that take one write per token, and returns whether every value
+/// read is finite.
 template <class S>
-void load_chunk(const Inputs<S>& inputs, Index b, Index h, Index H, Index T, Index start, Index n, S scale,
+bool load_chunk(const Inputs<S>& inputs, Index b, Index h, Index H, Index T, Index start, Index n, S scale,
                 Mat<S>& Q, Mat<S>& Kc, Mat<S>& Vc) {
     const Index K = Q.cols(), V = Vc.cols();
+    bool finite = true;
     for (Index r = 0; r < n; ++r) {
         const Index row = (b * T + start + r) * H + h;
-        const S* q = inputs.q.data() + row * K;
-        const S* k = inputs.k.data() + row * K;
-        const S* v = inputs.v.data() + row * V;
-        for (Index c = 0; c < K; ++c) Q(r, c) = q[c] * scale;
-        for (Index c = 0; c < K; ++c) Kc(r, c) = k[c];
-        for (Index c = 0; c < V; ++c) Vc(r, c) = v[c];
+        finite &= scale_into_finite(inputs.q.data() + row * K, K, scale, &Q(r, 0));
+        finite &= scale_into_finite(inputs.k.data() + row * K, K, S(1), &Kc(r, 0));
+        finite &= scale_into_finite(inputs.v.data() + row * V, V, S(1), &Vc(r, 0));
     }
+    return finite;
 }
 
 /// Whether a layer of chunkable types can run chunked with its run-time options.
@@ -231,26 +231,6 @@ struct ChunkedChecks {
     bool outputs_finite = true;
 };
 
-/// Returns whether the rows of q, k and v that chunk [start, start + n) of sequence b reads for
-/// heads [first_head, last_head) are finite. Rows are pairs: k and v have one per pair, and q one
-/// per token, read at the token's last pair.
-template <class S>
-bool chunk_inputs_finite(const Inputs<S>& inputs, Index b, Index first_head, Index last_head, Index H, Index T,
-                         Index steps, Index start, Index n) {
-    const Index K = inputs.k.dim(3), V = inputs.v.dim(3), pairs = T * steps, heads = last_head - first_head;
-    bool finite = true;
-    for (Index step = start; step < start + n; ++step) {
-        const Index row = (b * pairs + step) * H + first_head;
-        finite = finite && all_finite(inputs.k.data() + row * K, heads * K) &&
-                 all_finite(inputs.v.data() + row * V, heads * V);
-        if (step % steps == steps - 1) {
-            const Index token_row = (b * T + step / steps) * H + first_head;
-            finite = finite && all_finite(inputs.q.data() + token_row * K, heads * K);
-        }
-    }
-    return finite;
-}
-
 /// The states of heads [first_head, last_head) of sequence b, transposed (K x V) for a chunked run
 /// and written back by store().
 template <class S, class HeadStates>
@@ -284,10 +264,10 @@ private:
 /// The states run transposed (K x V), so that the reads S W^T = S (W^T) and the writes
 /// W^T += K^T U both stream rows of W^T with no operand transposed.
 ///
-/// With `check_inputs`, each chunk's rows of q, k and v are checked finite just before the heads
-/// read them, where the check brings them into the cache. The run stops at the first chunk with a
-/// non-finite value and returns without writing its states back, and the caller restores the
-/// states of the other groups. Every output row written is checked finite too, and the caller
+/// With `check_inputs`, each head checks its rows of q, k and v finite as it copies them, in the
+/// same pass. The run stops at the first chunk with a non-finite value and returns without writing
+/// the states back (the heads before it in the chunk updated only their transposed copies), and the
+/// caller restores the states of the other groups. Every output row written is checked finite too, and the caller
 /// names the first non-finite one.
 template <class S, class L, class RetentionBound, class AlgorithmBound, class HeadStates>
 ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
@@ -324,44 +304,46 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
 
     for (Index start = 0; start < pairs; start += C) {
         const Index n = std::min(C, pairs - start);
-        if (check_inputs && !chunk_inputs_finite(inputs, b, first_head, last_head, H, T, steps, start, n)) {
-            checks.inputs_finite = false;
-            return checks;
-        }
         for (Index h = first_head; h < last_head; ++h) {
             Mat<S>& Wt = states[h];
             auto Qn = Q.topRows(n);
             auto Kn = Kc.topRows(n);
             auto Vn = Vc.topRows(n);
+            bool finite = true;
             for (Index r = 0; r < n; ++r) {
                 const Index step = start + r, t = step / steps, pair = step % steps;
-                const S* k = inputs.k.data() + ((b * pairs + step) * H + h) * K;
-                const S* v = inputs.v.data() + ((b * pairs + step) * H + h) * V;
+                const Index row = (b * pairs + step) * H + h;
                 if (pair == steps - 1) {
-                    const S* q = inputs.q.data() + ((b * T + t) * H + h) * K;
-                    for (Index c = 0; c < K; ++c) Qn(r, c) = q[c] * scale;
+                    finite &= scale_into_finite(inputs.q.data() + ((b * T + t) * H + h) * K, K, scale, &Qn(r, 0));
                 } else {
                     Qn.row(r).setZero();
                 }
-                for (Index c = 0; c < K; ++c) Kn(r, c) = k[c];
+                finite &= scale_into_finite(inputs.k.data() + row * K, K, S(1), &Kn(r, 0));
+                finite &= scale_into_finite(inputs.v.data() + row * V, V, S(1), &Vn(r, 0));
                 if (read_key) {
                     const S* p = algorithm_gates.p.at(b, step, h).data;
                     for (Index c = 0; c < K; ++c) Pc(r, c) = p[c];
                 }
-                for (Index c = 0; c < V; ++c) Vn(r, c) = v[c];
                 const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
                 if (channel) {
-                    for (Index c = 0; c < K; ++c) {
-                        const S previous = r == 0 ? S(0) : Gm(r - 1, c);
-                        Gm(r, c) = previous + (pair == 0 ? g[c] : S(0));
-                        Em(r, c) = gradient_first ? previous : Gm(r, c);
-                    }
+                    auto Gr = Gm.row(r);
+                    if (r == 0) Gr.setZero();
+                    else Gr = Gm.row(r - 1);
+                    if (pair == 0 && g.scalar()) Gr.array() += g[0];
+                    else if (pair == 0) Gr += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(g.data, K);
+                    if (!gradient_first) Em.row(r) = Gr;
+                    else if (r == 0) Em.row(r).setZero();
+                    else Em.row(r) = Gm.row(r - 1);
                 } else {
                     const S previous = r == 0 ? S(0) : G[r - 1];
                     G[r] = previous + (pair == 0 ? g[0] : S(0));
                     E[r] = gradient_first ? previous : G[r];
                 }
                 eta[r] = algorithm_gates.eta.at(b, step, h)[0];
+            }
+            if (check_inputs && !finite) {
+                checks.inputs_finite = false;
+                return checks;
             }
             // The keys the predictions read: p for Comba, else k.
             const auto Pn = read_key ? Pc.topRows(n) : Kc.topRows(n);

@@ -53,7 +53,8 @@ bool dplr_chunkable(const L& layer) {
 
 /// Runs heads [first_head, last_head) of sequence b of the generalised delta rule chunk by chunk,
 /// updating each head's state in place. The heads take each chunk in turn, the states run
-/// transposed and `check_inputs` checks each chunk's rows, as in forward_heads_chunked.
+/// transposed and with `check_inputs` each head checks the rows it copies, as in
+/// forward_heads_chunked.
 template <class S, class L, class RetentionBound, class AlgorithmBound, class HeadStates>
 ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
                                          const AlgorithmBound& algorithm_gates, Index b, Index first_head,
@@ -75,13 +76,12 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
 
     for (Index start = 0; start < T; start += C) {
         const Index n = std::min(C, T - start);
-        if (check_inputs && !chunk_inputs_finite(inputs, b, first_head, last_head, H, T, 1, start, n)) {
-            checks.inputs_finite = false;
-            return checks;
-        }
         for (Index h = first_head; h < last_head; ++h) {
             Mat<S>& Wt = states[h];
-            load_chunk(inputs, b, h, H, T, start, n, scale, Q, Kc, Vc);
+            if (!load_chunk(inputs, b, h, H, T, start, n, scale, Q, Kc, Vc) && check_inputs) {
+                checks.inputs_finite = false;
+                return checks;
+            }
             for (Index r = 0; r < n; ++r) {
                 const Index t = start + r;
                 const GateValues<S> a = algorithm_gates.a.at(b, t, h);

@@ -79,6 +79,28 @@ bool all_finite(const S* data, Index size) {
     }
 }
 
+/// Sets to[i] = from[i] * factor for i < size and returns whether every from[i] is finite: a copy
+/// and a check in one pass, for the chunked forms that check their inputs as they read them. For
+/// float and double the test is the one of all_finite, in the same vectorised loop as the copy.
+template <class S>
+bool scale_into_finite(const S* from, Index size, S factor, S* to) {
+    if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+        using Bits = std::conditional_t<std::is_same_v<S, float>, std::uint32_t, std::uint64_t>;
+        constexpr Bits exponent = std::is_same_v<S, float> ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+        Bits non_finite = 0;
+        for (Index i = 0; i < size; ++i) {
+            Bits bits;
+            std::memcpy(&bits, from + i, sizeof bits);
+            non_finite |= static_cast<Bits>((bits & exponent) == exponent);
+            to[i] = from[i] * factor;
+        }
+        return non_finite == 0;
+    } else {
+        for (Index i = 0; i < size; ++i) to[i] = from[i] * factor;
+        return all_finite(from, size);
+    }
+}
+
 /// Returns whether every value is finite and in `range`, as in_range decides for each value. For
 /// float and double this is one branch-free pass.
 template <class S>

@@ -24,9 +24,9 @@
 // in sub-blocks of 16 tokens, as the secondary chunking of flash-linear-attention's GLA kernels
 // does: across sub-blocks through the last row G_e of the earlier block and the row G_f before the
 // later one, x_r exp(E_r - G_f) . (exp(G_f - G_e) y_i exp(G_e - G_i)), each exponent <= 0 because
-// i <= e <= f < r. Within a sub-block, row r exponentiates only its terms with i = r and
-// i = r - 1 (none when E = G), and the chain exp(E_r - G_i) = exp(E_r - G_{i+1}) exp(G_{i+1} - G_i)
-// gives the others, every factor exp(<= 0). The per-channel decays of the queries, the keys and the
+// i <= e <= f < r. Within a sub-block, E_r is G_r or G_{r-1}, so exp(E_r - G_{r-1}) is the step
+// exp(G_r - G_{r-1}) or one, and the chain exp(E_r - G_i) = exp(E_r - G_{i+1}) exp(G_{i+1} - G_i)
+// gives the others with no exponential of their own, every factor exp(<= 0). The per-channel decays of the queries, the keys and the
 // state, exp(G_r), exp(G_C - G_r) and exp(G_C), are products of the same steps exp(G_r - G_{r-1}).
 //
 // DeltaProduct, which writes n pairs per token, runs the same form over the sequence of pairs:
@@ -163,20 +163,38 @@ struct ChannelDecays {
     }
 };
 
-/// Sets out[r, i] = sum_c X[r, c] Y[i, c] exp(R[r, c] - G[i, c]) for i < r (i <= r with
-/// include_diagonal) and 0 above, for the first n rows. G contains cumulative log-decays (each row
-/// <= the one before), and every R[r] lies between G[r - 1] and G[r] (G[-1] = 0), so every
-/// exponent taken is <= 0. `steps` contains exp(G[r] - G[r - 1]) (ChannelDecays). When R is G
-/// itself, the exponents R[r] - G[r] are zero and R[r] - G[r - 1] are the steps, so a row takes no
-/// exponential of its own. Y_hat is scratch of X's shape.
+/// Where row r of the left operand of decayed_products reads the state: after token r's decay, at
+/// the cumulative log-decay G[r], or before it, at G[r - 1] (G[-1] = 0), as the predictions of a
+/// gradient taken before the decay do.
+enum class ReadsAt { after_decay, before_decay };
+
+/// Workspace of decayed_products.
 template <class S>
-void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const Mat<S>& G, const Mat<S>& steps,
-                      Index n, bool include_diagonal, Mat<S>& Y_hat, Mat<S>& out) {
+struct DecayedProductScratch {
+    Mat<S> Y_hat, X_hat, scaled;
+    Eigen::Array<S, 1, Eigen::Dynamic> bridge, decayed_row;
+};
+
+/// Sets out[r, i] = sum_c X[r, c] Y[i, c] exp(R[r, c] - G[i, c]) for i < r (i <= r with
+/// include_diagonal, which needs ReadsAt::after_decay) and 0 above, for the first n rows. G
+/// contains cumulative log-decays (each row <= the one before) and R[r] is G[r] or G[r - 1] as `at`
+/// says, so every exponent taken is <= 0. `steps` contains exp(G[r] - G[r - 1]) (ChannelDecays).
+/// Reading after the decay, R[r] - G[r] is zero and R[r] - G[r - 1] a step, so a row takes no
+/// exponential of its own. X, Y, G and steps are row-major with K columns.
+template <class S>
+void decayed_products(const Mat<S>& X, ReadsAt at, const Mat<S>& Y, const Mat<S>& G, const Mat<S>& steps, Index n,
+                      bool include_diagonal, DecayedProductScratch<S>& scratch, Mat<S>& out) {
+    eigen_assert(!(include_diagonal && at == ReadsAt::before_decay));
     constexpr Index block = 16;
     const Index K = X.cols();
-    const bool reads_at_g = &R == &G;
+    const bool after = at == ReadsAt::after_decay;
     auto result = out.topLeftCorner(n, n);
     result.setZero();
+    Mat<S>& Y_hat = scratch.Y_hat;
+    if (Y_hat.rows() < n || Y_hat.cols() != K) Y_hat.resize(n, K);
+    scratch.X_hat.resize(block, K);
+    scratch.bridge.resize(K);
+    scratch.decayed_row.resize(K);
     // Y_hat[i] = Y[i] exp(G_e - G[i]) with e the last row of i's sub-block, for the sub-blocks
     // that a later one reads (all but the last, so each is full).
     for (Index first = 0; first + block < n; first += block) {
@@ -185,35 +203,32 @@ void decayed_products(const Mat<S>& X, const Mat<S>& R, const Mat<S>& Y, const M
             Y_hat.row(i) = Y.row(i).array() * (G.row(last) - G.row(i)).array().exp();
         }
     }
-    Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> X_hat(block, K);
-    Eigen::Array<S, 1, Eigen::Dynamic> bridge(K), decayed_row(K);
+    auto X_hat = scratch.X_hat.array();
+    auto& decayed_row = scratch.decayed_row;
     for (Index first = 0; first < n; first += block) {
         const Index rows = std::min(block, n - first);
         // X_hat[r] = X[r] exp(R[r] - G_f) with f = first - 1, the row before this sub-block, for the
         // products with earlier sub-blocks.
         for (Index r = 0; first > 0 && r < rows; ++r) {
-            X_hat.row(r) = X.row(first + r).array() * (R.row(first + r) - G.row(first - 1)).array().exp();
+            const Index reads = after ? first + r : first + r - 1;
+            X_hat.row(r) = X.row(first + r).array() * (G.row(reads) - G.row(first - 1)).array().exp();
         }
         for (Index other = 0; other < first; other += block) {
             const Index e = other + block - 1;
-            bridge = (G.row(first - 1) - G.row(e)).array().exp();
-            const Mat<S> scaled = (X_hat.topRows(rows).rowwise() * bridge).matrix();
-            result.block(first, other, rows, block).noalias() = scaled * Y_hat.middleRows(other, block).transpose();
+            scratch.bridge = (G.row(first - 1) - G.row(e)).array().exp();
+            scratch.scaled = (X_hat.topRows(rows).rowwise() * scratch.bridge).matrix();
+            result.block(first, other, rows, block).noalias() = scratch.scaled * Y_hat.middleRows(other, block).transpose();
         }
         // Within the sub-block, x_r exp(R[r] - G[i]) for i = r - 1 down to `first` by the chain
-        // x_r exp(R[r] - G[i]) = x_r exp(R[r] - G[i + 1]) exp(G[i + 1] - G[i]): one exponential
-        // per row and a product per pair, every factor exp(<= 0).
+        // x_r exp(R[r] - G[i]) = x_r exp(R[r] - G[i + 1]) exp(G[i + 1] - G[i]): a product per pair,
+        // every factor exp(<= 0). Reading before the decay, R[r] - G[r - 1] is zero.
         for (Index r = first; r < first + rows; ++r) {
-            if (include_diagonal && reads_at_g) {
-                result(r, r) = (X.row(r).array() * Y.row(r).array()).sum();
-            } else if (include_diagonal) {
-                result(r, r) = (X.row(r).array() * Y.row(r).array() * (R.row(r) - G.row(r)).array().exp()).sum();
-            }
+            if (include_diagonal) result(r, r) = (X.row(r).array() * Y.row(r).array()).sum();
             if (r == first) continue;
-            if (reads_at_g) {
+            if (after) {
                 decayed_row = X.row(r).array() * steps.row(r).array();
             } else {
-                decayed_row = X.row(r).array() * (R.row(r) - G.row(r - 1)).array().exp();
+                decayed_row = X.row(r).array();
             }
             result(r, r - 1) = (decayed_row * Y.row(r - 1).array()).sum();
             for (Index i = r - 2; i >= first; --i) {
@@ -293,8 +308,9 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
     const Index reads_of_start = delta ? 2 * C : C;
     Mat<S> stacked(reads_of_start, K), from_start(reads_of_start, V);
     Vec<S> G(C), E(C), eta(C);
-    // Per-channel decay: cumulative log-decays and prediction exponents per key channel.
-    Mat<S> Gm(channel ? C : 0, K), Em(channel ? C : 0, K), scratch(channel ? C : 0, K);
+    // Per-channel decay: cumulative log-decays per key channel.
+    Mat<S> Gm(channel ? C : 0, K);
+    DecayedProductScratch<S> products;
     ChannelDecays<S> decays;
     Vec<S> end_decay(channel ? K : 0);
     // K^T of the chunk, and the transposed states of the heads.
@@ -331,9 +347,6 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
                     else Gr = Gm.row(r - 1);
                     if (pair == 0 && g.scalar()) Gr.array() += g[0];
                     else if (pair == 0) Gr += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(g.data, K);
-                    if (!gradient_first) Em.row(r) = Gr;
-                    else if (r == 0) Em.row(r).setZero();
-                    else Em.row(r) = Gm.row(r - 1);
                 } else {
                     const S previous = r == 0 ? S(0) : G[r - 1];
                     G[r] = previous + (pair == 0 ? g[0] : S(0));
@@ -384,8 +397,8 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
                 auto An = A.topLeftCorner(n, n);
                 if (channel) {
                     // Predictions read at G itself unless the gradient comes before the decay.
-                    decayed_products(Pc.rows() > 0 ? Pc : Kc, gradient_first ? Em : Gm, Kc, Gm, decays.steps, n,
-                                     /*include_diagonal=*/false, scratch, A);
+                    decayed_products(Pc.rows() > 0 ? Pc : Kc, gradient_first ? ReadsAt::before_decay : ReadsAt::after_decay,
+                                     Kc, Gm, decays.steps, n, /*include_diagonal=*/false, products, A);
                 } else {
                     multiply_into(Pn, Kt_n, An, /*accumulate=*/false);
                     decay_mask(E, G, n, /*include_diagonal=*/false, mask);
@@ -400,7 +413,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
             // W_C^T = exp(G_C) W_0^T + (K * exp(G_C - G))^T U, the exponentials per channel or per head.
             auto On = from_start.middleRows(m, n);
             if (channel) {
-                decayed_products(Q, Gm, Kc, Gm, decays.steps, n, /*include_diagonal=*/true, scratch, A);
+                decayed_products(Q, ReadsAt::after_decay, Kc, Gm, decays.steps, n, /*include_diagonal=*/true, products, A);
                 multiply_into(A.topLeftCorner(n, n), Un, On, /*accumulate=*/true);
                 auto Wn = Wk.topRows(n);
                 Wn = Kn.cwiseProduct(decays.to_end.topRows(n));

@@ -66,8 +66,9 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
 
     // Y has room for the chunk's rows of V below its own for the state update.
     Mat<S> Q(C, K), Kc(C, K), Ac(C, K), Bc(C, K), Vc(C, V), Y(2 * C, V), L_ab(C, C), L_ak(C, C);
-    Mat<S> G(C, K), E(C, K), scratch(2 * C, K);
+    Mat<S> G(C, K), scratch(2 * C, K);
     ChannelDecays<S> decays;
+    DecayedProductScratch<S> products;
     Vec<S> end_decay(K);
     // Rows [0, n) are A * exp(E), the removal keys at the state they read. Rows [n, 2n) are Q * exp(G).
     Mat<S> stacked(2 * C, K), from_start(2 * C, V);
@@ -90,9 +91,7 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
                 for (Index c = 0; c < K; ++c) {
                     Ac(r, c) = a[c];
                     Bc(r, c) = beta[c];
-                    const S previous = r == 0 ? S(0) : G(r - 1, c);
-                    G(r, c) = previous + g[c];
-                    E(r, c) = gradient_first ? previous : G(r, c);
+                    G(r, c) = (r == 0 ? S(0) : G(r - 1, c)) + g[c];
                 }
                 Vc.row(r) *= algorithm_gates.eta.at(b, t, h)[0];
             }
@@ -101,7 +100,7 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
 
             // exp(E_r) is exp(G_r), or exp(G_{r-1}) when the gradient comes before the decay.
             decays.compute(G, n);
-            const Mat<S>& R = gradient_first ? E : G;
+            const ReadsAt reads = gradient_first ? ReadsAt::before_decay : ReadsAt::after_decay;
             for (Index r = 0; r < n; ++r) {
                 if (!gradient_first) {
                     stacked.row(r) = Ac.row(r).cwiseProduct(decays.from_start.row(r));
@@ -115,8 +114,8 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
             multiply_into(stacked.topRows(2 * n), Wt, from_start.topRows(2 * n), /*accumulate=*/false);
 
             // (I - L_ab) Y = (A * exp(E)) W_0^T + L_ak diag(eta) V.
-            decayed_products(Ac, R, Bc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ab);
-            decayed_products(Ac, R, Kc, G, decays.steps, n, /*include_diagonal=*/false, scratch, L_ak);
+            decayed_products(Ac, reads, Bc, G, decays.steps, n, /*include_diagonal=*/false, products, L_ab);
+            decayed_products(Ac, reads, Kc, G, decays.steps, n, /*include_diagonal=*/false, products, L_ak);
             Yn = from_start.topRows(n);
             multiply_into(L_ak.topLeftCorner(n, n), Vn, Yn, /*accumulate=*/true);
             auto system = L_ab.topLeftCorner(n, n);
@@ -125,8 +124,8 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
 
             // O = (Q * exp(G)) W_0^T + P_qb Y + P_qk diag(eta) V, reusing L_ab and L_ak for P_qb, P_qk.
             auto On = from_start.middleRows(n, n);
-            decayed_products(Q, G, Bc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ab);
-            decayed_products(Q, G, Kc, G, decays.steps, n, /*include_diagonal=*/true, scratch, L_ak);
+            decayed_products(Q, ReadsAt::after_decay, Bc, G, decays.steps, n, /*include_diagonal=*/true, products, L_ab);
+            decayed_products(Q, ReadsAt::after_decay, Kc, G, decays.steps, n, /*include_diagonal=*/true, products, L_ak);
             multiply_into(L_ab.topLeftCorner(n, n), Yn, On, /*accumulate=*/true);
             multiply_into(L_ak.topLeftCorner(n, n), Vn, On, /*accumulate=*/true);
             for (Index r = 0; r < n; ++r) {

@@ -163,9 +163,9 @@ struct ChannelDecays {
     }
 };
 
-/// Where row r of the left operand of decayed_products reads the state: after token r's decay, at
-/// the cumulative log-decay G[r], or before it, at G[r - 1] (G[-1] = 0), as the predictions of a
-/// gradient taken before the decay do.
+/// The state that row r of the left operand of decayed_products reads: the one after token r's
+/// decay, at the cumulative log-decay G[r], or the one before it, at G[r - 1] (G[-1] = 0), as the
+/// predictions of a gradient taken before the decay do.
 enum class ReadsAt { after_decay, before_decay };
 
 /// Workspace of decayed_products.
@@ -178,7 +178,7 @@ struct DecayedProductScratch {
 /// Sets out[r, i] = sum_c X[r, c] Y[i, c] exp(R[r, c] - G[i, c]) for i < r (i <= r with
 /// include_diagonal, which needs ReadsAt::after_decay) and 0 above, for the first n rows. G
 /// contains cumulative log-decays (each row <= the one before) and R[r] is G[r] or G[r - 1] as `at`
-/// says, so every exponent taken is <= 0. `steps` contains exp(G[r] - G[r - 1]) (ChannelDecays).
+/// selects, so every exponent taken is <= 0. `steps` contains exp(G[r] - G[r - 1]) (ChannelDecays).
 /// Reading after the decay, R[r] - G[r] is zero and R[r] - G[r - 1] a step, so a row takes no
 /// exponential of its own. X, Y, G and steps are row-major with K columns.
 template <class S>

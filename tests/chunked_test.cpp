@@ -406,6 +406,73 @@ TEST(ChunkedForm, LateNonFiniteInputKeepsState) {
     }
 }
 
+// The chunked forms check the gates with a value per channel as they read them, in place of a pass
+// before the run. A value out of range in a late chunk gives the error of that pass, the one the
+// token loop raises, and leaves the state as it was. `gates` contains valid values; the test sets the
+// gate `name` to `value` at sequence 1, token T - 3, the last head and channel 1.
+template <class L>
+void expect_late_gate_out_of_range_raises(const L& base, std::map<std::string, Tensor<double>> gates,
+                                          const std::string& name, double value, int threads) {
+    const auto with_execution_of = [&](Execution execution) {
+        return test::with_options(base, [&](LayerOptions& options) {
+            options.execution = execution;
+            options.chunk_size = 8;
+            options.threads = threads;
+        });
+    };
+    const L chunked = with_execution_of(Execution::chunked), recurrent = with_execution_of(Execution::recurrent);
+    // 40 tokens of q, k and v outnumber the 8 x 5 state, so the chunked form checks as it reads.
+    const Index B = 2, T = 40, H = base.dims().heads, K = base.dims().key, V = base.dims().value;
+    std::mt19937 rng(13);
+    std::normal_distribution<double> normal(0.0, 0.3);
+    const auto random = [&](Shape shape) {
+        Tensor<double> x(std::move(shape));
+        for (auto& entry : x.values()) entry = normal(rng);
+        return x;
+    };
+    const Tensor<double> q = random({B, T, H, K}), k = random({B, T, H, K}), v = random({B, T, H, V});
+    Tensor<double>& bad = gates.at(name);
+    bad[((1 * T + T - 3) * H + H - 1) * bad.dim(3) + 1] = value;
+    Inputs<double> inputs{q.view(), k.view(), v.view(), {}};
+    for (const auto& [gate, tensor] : gates) inputs.gates.emplace(gate, tensor.view());
+
+    const auto message_of = [&](const L& layer, auto& state) {
+        try {
+            layer.forward(inputs, state);
+        } catch (const InputError& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    auto state = chunked.load_state(std::map<std::string, Tensor<double>>{{"W", random({B, H, V, K})}});
+    const Tensor<double> before = chunked.save_state(state).at("W");
+    auto recurrent_state = state;
+    const std::string expected = message_of(recurrent, recurrent_state);
+    EXPECT_NE(expected.find("input '" + name + "' at [b=1, t=" + std::to_string(T - 3)), std::string::npos) << expected;
+    EXPECT_EQ(message_of(chunked, state), expected) << name;
+    const Tensor<double> after = chunked.save_state(state).at("W");
+    for (Index i = 0; i < after.size(); ++i) ASSERT_EQ(after[i], before[i]) << name << ", entry " << i;
+}
+
+TEST(ChunkedForm, LateGateOutOfRangeKeepsState) {
+    const LayerOptions options{.heads = 3, .key_dim = 8, .value_dim = 5};
+    const Index B = 2, T = 40, H = 3, K = 8;
+    const Tensor<double> channel_decay({B, T, H, K}, -0.1), head_decay({B, T, H}, -0.1), rate({B, T, H}, 0.5);
+    Tensor<double> read_key({B, T, H, K}, 0.2), removal({B, T, H, K}, -0.3), replacement({B, T, H, K}, 0.15);
+    for (int threads : {1, 2}) {
+        expect_late_gate_out_of_range_raises(presets::gla(options), {{"g", channel_decay}}, "g", 0.5, threads);
+        expect_late_gate_out_of_range_raises(presets::kda(options), {{"g", channel_decay}, {"eta", rate}}, "g",
+                                             std::nan(""), threads);
+        expect_late_gate_out_of_range_raises(presets::comba(options),
+                                             {{"g", head_decay}, {"eta", rate}, {"p", read_key}}, "p", INFINITY,
+                                             threads);
+        const std::map<std::string, Tensor<double>> rwkv{
+            {"g", channel_decay}, {"eta", rate}, {"a", removal}, {"b", replacement}};
+        expect_late_gate_out_of_range_raises(presets::rwkv7(options), rwkv, "g", 0.5, threads);
+        expect_late_gate_out_of_range_raises(presets::rwkv7(options), rwkv, "b", std::nan(""), threads);
+    }
+}
+
 // The chunked form checks the outputs as it writes them, in place of a pass over the output. A
 // state that diverges (keys of norm 10, so that beta * ||k||^2 = 50) still raises a NumericalError.
 TEST(ChunkedForm, DivergedOutputRaises) {

@@ -20,14 +20,15 @@
 //
 // Per-key-channel decay (GLA, HGRN2, KDA). G_r and E_r become rows of K cumulative log-decays, the
 // write is W_r = W_{r-1} diag(exp(g_r)) + u_r k_r^T, and every scalar exp(E_r - G_i) (x_r . y_i)
-// becomes the decayed product sum_c x_rc y_ic exp(E_rc - G_ic). decayed_products computes these
-// in sub-blocks of 16 tokens, as the secondary chunking of flash-linear-attention's GLA kernels
-// does: across sub-blocks through the last row G_e of the earlier block and the row G_f before the
-// later one, x_r exp(E_r - G_f) . (exp(G_f - G_e) y_i exp(G_e - G_i)), each exponent <= 0 because
-// i <= e <= f < r. Within a sub-block, E_r is G_r or G_{r-1}, so exp(E_r - G_{r-1}) is the step
-// exp(G_r - G_{r-1}) or one, and the chain exp(E_r - G_i) = exp(E_r - G_{i+1}) exp(G_{i+1} - G_i)
-// gives the others with no exponential of their own, every factor exp(<= 0). The per-channel decays of the queries, the keys and the
-// state, exp(G_r), exp(G_C - G_r) and exp(G_C), are products of the same steps exp(G_r - G_{r-1}).
+// becomes the decayed product sum_c x_rc y_ic exp(E_rc - G_ic). decayed_products computes these in
+// sub-blocks of 16 tokens, as the secondary chunking of flash-linear-attention's GLA kernels does:
+// across sub-blocks through the last row G_e of the earlier block and the row G_f before the later
+// one, x_r exp(E_r - G_f) . (exp(G_f - G_e) y_i exp(G_e - G_i)), each exponent <= 0 because i <= e
+// <= f < r. Within a sub-block, E_r is G_r or G_{r-1}, so exp(E_r - G_{r-1}) is the step exp(G_r -
+// G_{r-1}) or one, and the chain exp(E_r - G_i) = exp(E_r - G_{i+1}) exp(G_{i+1} - G_i) gives the
+// others with no exponential of their own, every factor exp(<= 0). The per-channel decays of the
+// queries, the keys and the state, exp(G_r), exp(G_C - G_r) and exp(G_C), are products of the same
+// steps exp(G_r - G_{r-1}).
 //
 // DeltaProduct, which writes n pairs per token, runs the same form over the sequence of pairs:
 // the token's decay enters at its first pair, and its query reads after its last.
@@ -82,6 +83,13 @@ bool load_chunk(const Inputs<S>& inputs, Index b, Index h, Index H, Index T, Ind
         finite &= scale_into_finite(inputs.v.data() + row * V, V, S(1), &Vc(r, 0));
     }
     return finite;
+}
+
+/// Sets `row` to the K values of a gate with a value per channel, or to its one value K times.
+template <class S, class Row>
+void set_row(const GateValues<S>& values, Row&& row) {
+    if (values.scalar()) row.setConstant(values[0]);
+    else row = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(values.data, row.size());
 }
 
 /// Whether a layer of chunkable types can run chunked with its run-time options.
@@ -280,14 +288,16 @@ private:
 /// W^T += K^T U both stream rows of W^T with no operand transposed.
 ///
 /// With `check_inputs`, each head checks its rows of q, k and v finite as it copies them, in the
-/// same pass. The run stops at the first chunk with a non-finite value and returns without writing
-/// the states back (the heads before it in the chunk updated only their transposed copies), and the
-/// caller restores the states of the other groups. Every output row written is checked finite too, and the caller
+/// same pass, and the rows of `gate_rows` (gates with a value per channel) in their ranges. The run
+/// stops at the first chunk with a non-finite value and returns without writing the states back
+/// (the heads before it in the chunk updated only their transposed copies), and the caller restores
+/// the states of the other groups. Every output row written is checked finite too, and the caller
 /// names the first non-finite one.
 template <class S, class L, class RetentionBound, class AlgorithmBound, class HeadStates>
 ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
                                     const AlgorithmBound& algorithm_gates, Index b, Index first_head, Index last_head,
-                                    Index T, HeadStates& heads, S* output, bool check_inputs) {
+                                    Index T, HeadStates& heads, S* output, bool check_inputs,
+                                    const std::vector<ChannelGateRows<S>>& gate_rows) {
     using Bias = typename L::bias_type;
     using Retention = typename L::retention_type;
     constexpr bool delta = std::is_same_v<Bias, L2Bias>;
@@ -336,23 +346,21 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
                 }
                 finite &= scale_into_finite(inputs.k.data() + row * K, K, S(1), &Kn(r, 0));
                 finite &= scale_into_finite(inputs.v.data() + row * V, V, S(1), &Vn(r, 0));
-                if (read_key) {
-                    const S* p = algorithm_gates.p.at(b, step, h).data;
-                    for (Index c = 0; c < K; ++c) Pc(r, c) = p[c];
-                }
+                if (read_key) set_row(algorithm_gates.p.at(b, step, h), Pc.row(r));
                 const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
                 if (channel) {
+                    // A token's decay enters at its first pair.
                     auto Gr = Gm.row(r);
-                    if (r == 0) Gr.setZero();
-                    else Gr = Gm.row(r - 1);
-                    if (pair == 0 && g.scalar()) Gr.array() += g[0];
-                    else if (pair == 0) Gr += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(g.data, K);
+                    if (pair == 0) set_row(g, Gr);
+                    else Gr.setZero();
+                    if (r > 0) Gr += Gm.row(r - 1);
                 } else {
                     const S previous = r == 0 ? S(0) : G[r - 1];
                     G[r] = previous + (pair == 0 ? g[0] : S(0));
                     E[r] = gradient_first ? previous : G[r];
                 }
                 eta[r] = algorithm_gates.eta.at(b, step, h)[0];
+                finite &= detail::channel_gates_in_range(gate_rows, b, t, step, h);
             }
             if (check_inputs && !finite) {
                 checks.inputs_finite = false;

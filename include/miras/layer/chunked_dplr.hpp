@@ -58,7 +58,8 @@ bool dplr_chunkable(const L& layer) {
 template <class S, class L, class RetentionBound, class AlgorithmBound, class HeadStates>
 ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs, const RetentionBound& retention_gates,
                                          const AlgorithmBound& algorithm_gates, Index b, Index first_head,
-                                         Index last_head, Index T, HeadStates& heads, S* output, bool check_inputs) {
+                                         Index last_head, Index T, HeadStates& heads, S* output, bool check_inputs,
+                                         const std::vector<ChannelGateRows<S>>& gate_rows) {
     const Index H = layer.dims().heads, K = layer.dims().key, V = layer.dims().value;
     const Index C = layer.options().chunk_size;
     const S scale = S(layer.query_scale());
@@ -79,21 +80,20 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
         const Index n = std::min(C, T - start);
         for (Index h = first_head; h < last_head; ++h) {
             Mat<S>& Wt = states[h];
-            if (!load_chunk(inputs, b, h, H, T, start, n, scale, Q, Kc, Vc) && check_inputs) {
-                checks.inputs_finite = false;
-                return checks;
-            }
+            bool finite = load_chunk(inputs, b, h, H, T, start, n, scale, Q, Kc, Vc);
             for (Index r = 0; r < n; ++r) {
                 const Index t = start + r;
-                const GateValues<S> a = algorithm_gates.a.at(b, t, h);
-                const GateValues<S> beta = algorithm_gates.b.at(b, t, h);
-                const GateValues<S> g = layer.retention().log_decay(retention_gates, b, t, h);
-                for (Index c = 0; c < K; ++c) {
-                    Ac(r, c) = a[c];
-                    Bc(r, c) = beta[c];
-                    G(r, c) = (r == 0 ? S(0) : G(r - 1, c)) + g[c];
-                }
+                finite &= detail::channel_gates_in_range(gate_rows, b, t, t, h);
+                set_row(algorithm_gates.a.at(b, t, h), Ac.row(r));
+                set_row(algorithm_gates.b.at(b, t, h), Bc.row(r));
+                auto Gr = G.row(r);
+                set_row(layer.retention().log_decay(retention_gates, b, t, h), Gr);
+                if (r > 0) Gr += G.row(r - 1);
                 Vc.row(r) *= algorithm_gates.eta.at(b, t, h)[0];
+            }
+            if (check_inputs && !finite) {
+                checks.inputs_finite = false;
+                return checks;
             }
             auto Vn = Vc.topRows(n);
             auto Yn = Y.topRows(n);

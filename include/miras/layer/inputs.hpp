@@ -179,6 +179,34 @@ void check_output_finite(const S* output, const Shape& shape, int threads = 1) {
 
 }  // namespace detail
 
+/// The values of a per-token gate with one value per channel, [B, rows, H, C] with rows = T, or
+/// T times the steps per token for a gate per step.
+template <class S>
+struct ChannelGateRows {
+    const S* data = nullptr;
+    Index rows = 0, heads = 0, channels = 0;
+    bool per_step = false;
+    Range range = Range::any;
+
+    /// The C values of sequence b at row `row` (a token, or a step for a gate per step) and head h.
+    const S* at(Index b, Index row, Index h) const { return data + ((b * rows + row) * heads + h) * channels; }
+};
+
+namespace detail {
+
+/// Returns whether the values of every gate in `gates` at sequence b, token t, step `step` and
+/// head h lie in the gate's range (all_in_range).
+template <class S>
+bool channel_gates_in_range(const std::vector<ChannelGateRows<S>>& gates, Index b, Index t, Index step, Index h) {
+    bool in_range = true;
+    for (const ChannelGateRows<S>& gate : gates) {
+        in_range = in_range && all_in_range(gate.at(b, gate.per_step ? step : t, h), gate.channels, gate.range);
+    }
+    return in_range;
+}
+
+}  // namespace detail
+
 /// Resolves the gates a layer declares against the inputs of one call, checking shapes and ranges.
 template <class S>
 class GateBinder {
@@ -238,9 +266,12 @@ public:
     }
 
     /// Checks that every per-token gate bound so far contains values in its range. The values are
-    /// read at each call, so a caller that refills the same buffers checks them again.
-    void check_values() const {
+    /// read at each call, so a caller that refills the same buffers checks them again. With
+    /// `channel_gates` false it leaves out the gates with a value per channel (channel_gates()),
+    /// which a chunked form checks row by row as it reads its inputs.
+    void check_values(bool channel_gates = true) const {
         for (const auto& [spec, tensor] : per_token_) {
+            if (!channel_gates && spec.config.axis != Axis::head) continue;
             if (detail::all_in_range(tensor->data(), tensor->size(), spec.range)) continue;
             const char* letters = spec.config.axis == Axis::head ? "bth" : "bthc";
             for (Index i = 0; i < tensor->size(); ++i) {
@@ -253,6 +284,17 @@ public:
                 }
             }
         }
+    }
+
+    /// Returns the per-token gates bound so far that have a value per channel, the ones that
+    /// check_values(false) leaves out.
+    std::vector<ChannelGateRows<S>> channel_gates() const {
+        std::vector<ChannelGateRows<S>> gates;
+        for (const auto& [spec, tensor] : per_token_) {
+            if (spec.config.axis == Axis::head) continue;
+            gates.push_back({tensor->data(), tensor->dim(1), tensor->dim(2), tensor->dim(3), spec.per_step, spec.range});
+        }
+        return gates;
     }
 
 private:

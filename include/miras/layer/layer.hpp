@@ -251,10 +251,10 @@ public:
         check_state(state, B);
         GateBinder<S> binder(inputs, dims_, B, T);
         const Bound<S> gates = bind(binder);
-        binder.check_values();
+        binder.check_values(/*channel_gates=*/!check_while_reading);
         Tensor<S> output({B, T, dims_.heads, dims_.value});
         const bool outputs_checked = run(inputs, gates, B, T, state, output.data(), static_cast<Workspace<S>*>(nullptr),
-                                         check_while_reading);
+                                         check_while_reading ? &binder : static_cast<const GateBinder<S>*>(nullptr));
         if (!outputs_checked) detail::check_output_finite(output.data(), output.shape(), options_.threads);
         return output;
     }
@@ -298,7 +298,8 @@ public:
         const Tensor<S>& step() {
             layer_.check_values(inputs_);
             binder_.check_values();
-            if (!layer_.run(inputs_, gates_, batch_, 1, state_, output_.data(), workspaces_.data(), false)) {
+            if (!layer_.run(inputs_, gates_, batch_, 1, state_, output_.data(), workspaces_.data(),
+                            static_cast<const GateBinder<S>*>(nullptr))) {
                 detail::check_output_finite(output_.data(), output_.shape());
             }
             return output_;
@@ -344,10 +345,11 @@ private:
         }
     }
 
-    /// Returns whether forward() leaves the check of q, k and v to the chunked forms that run over
-    /// groups of heads (the gradient step and the generalised delta rule of the matrix memory).
-    /// These check each chunk as they read it, in place of a separate pass over the inputs. They do
-    /// so when the inputs outnumber the state, which they save to restore on a non-finite value.
+    /// Returns whether forward() leaves the check of q, k, v and the gates with a value per channel
+    /// to the chunked forms that run over groups of heads (the gradient step and the generalised
+    /// delta rule of the matrix memory). These check each chunk as they read it, in place of a
+    /// separate pass over the inputs. They do so when the inputs outnumber the state, which they
+    /// save to restore on a value that fails its check.
     bool checks_values_while_reading(Index T) const {
         if (options_.execution == Execution::reference || !runs_chunked(T)) return false;
         bool grouped = false;
@@ -358,15 +360,17 @@ private:
     }
 
     /// Runs forward_heads(b, first_head, last_head) over the groups of heads of every sequence, one
-    /// group per thread, and returns whether every output it wrote is finite. With `check_inputs`
-    /// each call checks its inputs. On a non-finite value the state is restored and the error of
-    /// check_values raised.
+    /// group per thread, and returns whether every output it wrote is finite. With `unchecked`
+    /// (the binder whose channel gates are left to the run) each call checks its inputs and those
+    /// gates. On a value that fails its check the state is restored and the error of check_values
+    /// raised.
     template <class S, class F>
-    bool run_head_groups(const Inputs<S>& inputs, Index B, State<S>& state, bool check_inputs, F&& forward_heads) const {
+    bool run_head_groups(const Inputs<S>& inputs, Index B, State<S>& state, const GateBinder<S>* unchecked,
+                         F&& forward_heads) const {
         const Index H = dims_.heads;
         const Index groups = std::min<Index>(H, std::max(options_.threads, 1));
         std::optional<State<S>> saved;
-        if (check_inputs) saved = state;
+        if (unchecked) saved = state;
         std::vector<detail::ChunkedChecks> checks(static_cast<std::size_t>(B * groups));
         try {
             parallel_for(B * groups, options_.threads, [&](Index task) {
@@ -384,31 +388,41 @@ private:
         if (!all(&detail::ChunkedChecks::inputs_finite)) {
             state = *saved;
             check_values(inputs);
-            throw std::logic_error("the chunked form found a non-finite input that check_values did not");
+            unchecked->check_values();
+            throw std::logic_error("the chunked form found an input value that check_values accepts");
         }
         return all(&detail::ChunkedChecks::outputs_finite);
     }
 
     /// Runs T tokens of B sequences from `state`, writing o [B, T, H, V] to `output`, and returns
     /// whether it checked every output finite. With `workspaces` (one per sequence and head) the token
-    /// loop reuses their vectors. With `check_inputs` (see checks_values_while_reading) the chunked
-    /// form checks q, k and v; on a non-finite value it restores `state` and throws as
-    /// check_values does.
+    /// loop reuses their vectors. With `unchecked`, the binder whose gates with a value per channel
+    /// have not been checked (see checks_values_while_reading), the run checks q, k, v and those
+    /// gates: the chunked form as it reads them, restoring `state` and throwing as check_values
+    /// does on a value that fails, and the other forms before they start.
     template <class S>
     bool run(const Inputs<S>& inputs, const Bound<S>& gates, Index B, Index T, State<S>& state, S* output,
-             Workspace<S>* workspaces, bool check_inputs) const {
+             Workspace<S>* workspaces, const GateBinder<S>* unchecked) const {
         const Index H = dims_.heads, K = dims_.key, V = dims_.value, n = dims_.steps_per_token;
         const S scale = S(query_scale());
+        const bool check_inputs = unchecked != nullptr;
+        const std::vector<ChannelGateRows<S>> gate_rows =
+            check_inputs ? unchecked->channel_gates() : std::vector<ChannelGateRows<S>>();
+        const auto check_before = [&] {
+            if (!check_inputs) return;
+            check_values(inputs);
+            unchecked->check_values();
+        };
 
         if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) {
             if (options_.execution != Execution::reference && detail::chunkable(*this)) {
                 if (runs_chunked(T)) {
-                    return run_head_groups(inputs, B, state, check_inputs, [&](Index b, Index first, Index last) {
+                    return run_head_groups(inputs, B, state, unchecked, [&](Index b, Index first, Index last) {
                         return detail::forward_heads_chunked(*this, inputs, gates.retention, gates.algorithm, b, first,
-                                                             last, T, state.heads, output, check_inputs);
+                                                             last, T, state.heads, output, check_inputs, gate_rows);
                     });
                 }
-                if (check_inputs) check_values(inputs);
+                check_before();
                 parallel_for(B * H, options_.threads, [&](Index task) {
                     auto& W = state.heads[static_cast<std::size_t>(task)].memory;
                     detail::forward_head_fused(*this, inputs, gates.retention, gates.algorithm, task / H, task % H, T, W,
@@ -419,15 +433,15 @@ private:
         }
         if constexpr (detail::dplr_types_v<Memory, Retention, Algorithm>) {
             if (options_.execution != Execution::reference && runs_chunked(T)) {
-                return run_head_groups(inputs, B, state, check_inputs, [&](Index b, Index first, Index last) {
+                return run_head_groups(inputs, B, state, unchecked, [&](Index b, Index first, Index last) {
                     return detail::forward_heads_chunked_dplr(*this, inputs, gates.retention, gates.algorithm, b, first,
-                                                              last, T, state.heads, output, check_inputs);
+                                                              last, T, state.heads, output, check_inputs, gate_rows);
                 });
             }
         }
         // The other forms read q, k and v with no check of their own, so a check left to the run
         // happens here.
-        if (check_inputs) check_values(inputs);
+        check_before();
         if constexpr (detail::mesa_types_v<Memory, Retention, Algorithm>) {
             if (options_.execution != Execution::reference && runs_chunked(T)) {
                 parallel_for(B * H, options_.threads, [&](Index task) {

@@ -57,33 +57,11 @@ inline std::string position_string(const Shape& shape, Index flat, const char* l
     return out.str();
 }
 
-/// Whether every value is finite. For float and double a branch-free pass over the exponent bits
-/// (all ones for infinities and NaN), which the compiler vectorises.
-template <class S>
-bool all_finite(const S* data, Index size) {
-    if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
-        using Bits = std::conditional_t<std::is_same_v<S, float>, std::uint32_t, std::uint64_t>;
-        constexpr Bits exponent = std::is_same_v<S, float> ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
-        Bits non_finite = 0;
-        for (Index i = 0; i < size; ++i) {
-            Bits bits;
-            std::memcpy(&bits, data + i, sizeof bits);
-            non_finite |= static_cast<Bits>((bits & exponent) == exponent);
-        }
-        return non_finite == 0;
-    } else {
-        for (Index i = 0; i < size; ++i) {
-            if (!std::isfinite(value_of(data[i]))) return false;
-        }
-        return true;
-    }
-}
-
-/// Sets to[i] = from[i] * factor for i < size and returns whether every from[i] is finite: a copy
-/// and a check in one pass, for the chunked forms that check their inputs as they read them. For
-/// float and double the test is the one of all_finite, in the same vectorised loop as the copy.
-template <class S>
-bool scale_into_finite(const S* from, Index size, S factor, S* to) {
+/// Returns whether every from[i] is finite for i < size, and with Copy sets to[i] = from[i] *
+/// factor in the same pass. For float and double the test is a branch-free pass over the exponent
+/// bits (all ones for infinities and NaN), which the compiler vectorises with the copy.
+template <bool Copy, class S, class Factor>
+bool finite_pass(const S* from, Index size, [[maybe_unused]] Factor factor, [[maybe_unused]] S* to) {
     if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
         using Bits = std::conditional_t<std::is_same_v<S, float>, std::uint32_t, std::uint64_t>;
         constexpr Bits exponent = std::is_same_v<S, float> ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
@@ -92,13 +70,31 @@ bool scale_into_finite(const S* from, Index size, S factor, S* to) {
             Bits bits;
             std::memcpy(&bits, from + i, sizeof bits);
             non_finite |= static_cast<Bits>((bits & exponent) == exponent);
-            to[i] = from[i] * factor;
+            if constexpr (Copy) to[i] = from[i] * factor;
         }
         return non_finite == 0;
     } else {
-        for (Index i = 0; i < size; ++i) to[i] = from[i] * factor;
-        return all_finite(from, size);
+        if constexpr (Copy) {
+            for (Index i = 0; i < size; ++i) to[i] = from[i] * factor;
+        }
+        for (Index i = 0; i < size; ++i) {
+            if (!std::isfinite(value_of(from[i]))) return false;
+        }
+        return true;
     }
+}
+
+/// Whether every value is finite (finite_pass).
+template <class S>
+bool all_finite(const S* data, Index size) {
+    return finite_pass</*Copy=*/false>(data, size, /*factor=*/0, static_cast<S*>(nullptr));
+}
+
+/// Sets to[i] = from[i] * factor for i < size and returns whether every from[i] is finite: a copy
+/// and a check in one pass, for the chunked forms that check their inputs as they read them.
+template <class S>
+bool scale_into_finite(const S* from, Index size, S factor, S* to) {
+    return finite_pass</*Copy=*/true>(from, size, factor, to);
 }
 
 /// Returns whether every value is finite and in `range`, as in_range decides for each value. For

@@ -408,11 +408,12 @@ TEST(ChunkedForm, LateNonFiniteInputKeepsState) {
 
 // The chunked forms check the gates with a value per channel as they read them, in place of a pass
 // before the run. A value out of range in a late chunk gives the error of that pass, the one the
-// token loop raises, and leaves the state as it was. `gates` contains valid values; the test sets the
-// gate `name` to `value` at sequence 1, token T - 3, the last head and channel 1.
+// token loop raises, and leaves the state as it was. `gates` contains valid values; the test sets
+// each gate named in `faults` to its value at sequence 1, row rows - 3 (a token, or a pair for a
+// gate per pair), the last head and channel 1. With one fault the error names it.
 template <class L>
 void expect_late_gate_out_of_range_raises(const L& base, std::map<std::string, Tensor<double>> gates,
-                                          const std::string& name, double value, int threads) {
+                                          const std::vector<std::pair<std::string, double>>& faults, int threads) {
     const auto with_execution_of = [&](Execution execution) {
         return test::with_options(base, [&](LayerOptions& options) {
             options.execution = execution;
@@ -423,6 +424,7 @@ void expect_late_gate_out_of_range_raises(const L& base, std::map<std::string, T
     const L chunked = with_execution_of(Execution::chunked), recurrent = with_execution_of(Execution::recurrent);
     // 40 tokens of q, k and v outnumber the 8 x 5 state, so the chunked form checks as it reads.
     const Index B = 2, T = 40, H = base.dims().heads, K = base.dims().key, V = base.dims().value;
+    const Index n = base.dims().steps_per_token;
     std::mt19937 rng(13);
     std::normal_distribution<double> normal(0.0, 0.3);
     const auto random = [&](Shape shape) {
@@ -430,9 +432,14 @@ void expect_late_gate_out_of_range_raises(const L& base, std::map<std::string, T
         for (auto& entry : x.values()) entry = normal(rng);
         return x;
     };
-    const Tensor<double> q = random({B, T, H, K}), k = random({B, T, H, K}), v = random({B, T, H, V});
-    Tensor<double>& bad = gates.at(name);
-    bad[((1 * T + T - 3) * H + H - 1) * bad.dim(3) + 1] = value;
+    const Tensor<double> q = random({B, T, H, K}), k = random({B, T * n, H, K}), v = random({B, T * n, H, V});
+    std::string position;
+    for (const auto& [name, value] : faults) {
+        Tensor<double>& bad = gates.at(name);
+        const Index rows = bad.dim(1), channels = bad.rank() == 4 ? bad.dim(3) : 1;
+        bad[((1 * rows + rows - 3) * H + H - 1) * channels + (channels > 1 ? 1 : 0)] = value;
+        position = "input '" + name + "' at [b=1, t=" + std::to_string(rows - 3) + ", h=" + std::to_string(H - 1);
+    }
     Inputs<double> inputs{q.view(), k.view(), v.view(), {}};
     for (const auto& [gate, tensor] : gates) inputs.gates.emplace(gate, tensor.view());
 
@@ -448,28 +455,39 @@ void expect_late_gate_out_of_range_raises(const L& base, std::map<std::string, T
     const Tensor<double> before = chunked.save_state(state).at("W");
     auto recurrent_state = state;
     const std::string expected = message_of(recurrent, recurrent_state);
-    EXPECT_NE(expected.find("input '" + name + "' at [b=1, t=" + std::to_string(T - 3)), std::string::npos) << expected;
-    EXPECT_EQ(message_of(chunked, state), expected) << name;
+    EXPECT_NE(expected.find(faults.size() == 1 ? position : "input '"), std::string::npos) << expected;
+    EXPECT_EQ(message_of(chunked, state), expected) << faults.front().first;
     const Tensor<double> after = chunked.save_state(state).at("W");
-    for (Index i = 0; i < after.size(); ++i) ASSERT_EQ(after[i], before[i]) << name << ", entry " << i;
+    for (Index i = 0; i < after.size(); ++i) ASSERT_EQ(after[i], before[i]) << faults.front().first << ", entry " << i;
 }
 
 TEST(ChunkedForm, LateGateOutOfRangeKeepsState) {
     const LayerOptions options{.heads = 3, .key_dim = 8, .value_dim = 5};
     const Index B = 2, T = 40, H = 3, K = 8;
     const Tensor<double> channel_decay({B, T, H, K}, -0.1), head_decay({B, T, H}, -0.1), rate({B, T, H}, 0.5);
-    Tensor<double> read_key({B, T, H, K}, 0.2), removal({B, T, H, K}, -0.3), replacement({B, T, H, K}, 0.15);
+    const Tensor<double> read_key({B, T, H, K}, 0.2), removal({B, T, H, K}, -0.3), replacement({B, T, H, K}, 0.15);
+    // Comba with two pairs per token: its read key and rate have a row per pair.
+    LayerOptions pairs = options;
+    pairs.steps_per_token = 2;
+    const Tensor<double> pair_rate({B, 2 * T, H}, 0.25), pair_read_key({B, 2 * T, H, K}, 0.2);
+    const std::map<std::string, Tensor<double>> rwkv{
+        {"g", channel_decay}, {"eta", rate}, {"a", removal}, {"b", replacement}};
     for (int threads : {1, 2}) {
-        expect_late_gate_out_of_range_raises(presets::gla(options), {{"g", channel_decay}}, "g", 0.5, threads);
-        expect_late_gate_out_of_range_raises(presets::kda(options), {{"g", channel_decay}, {"eta", rate}}, "g",
-                                             std::nan(""), threads);
+        expect_late_gate_out_of_range_raises(presets::gla(options), {{"g", channel_decay}}, {{"g", 0.5}}, threads);
+        expect_late_gate_out_of_range_raises(presets::kda(options), {{"g", channel_decay}, {"eta", rate}},
+                                             {{"g", std::nan("")}}, threads);
         expect_late_gate_out_of_range_raises(presets::comba(options),
-                                             {{"g", head_decay}, {"eta", rate}, {"p", read_key}}, "p", INFINITY,
+                                             {{"g", head_decay}, {"eta", rate}, {"p", read_key}}, {{"p", INFINITY}},
                                              threads);
-        const std::map<std::string, Tensor<double>> rwkv{
-            {"g", channel_decay}, {"eta", rate}, {"a", removal}, {"b", replacement}};
-        expect_late_gate_out_of_range_raises(presets::rwkv7(options), rwkv, "g", 0.5, threads);
-        expect_late_gate_out_of_range_raises(presets::rwkv7(options), rwkv, "b", std::nan(""), threads);
+        expect_late_gate_out_of_range_raises(presets::comba(pairs),
+                                             {{"g", head_decay}, {"eta", pair_rate}, {"p", pair_read_key}},
+                                             {{"p", -INFINITY}}, threads);
+        expect_late_gate_out_of_range_raises(presets::rwkv7(options), rwkv, {{"g", 0.5}}, threads);
+        expect_late_gate_out_of_range_raises(presets::rwkv7(options), rwkv, {{"b", std::nan("")}}, threads);
+        // A bad gate per head as well: the error is still the one the checks in their usual order
+        // find first.
+        expect_late_gate_out_of_range_raises(presets::kda(options), {{"g", channel_decay}, {"eta", rate}},
+                                             {{"g", 0.5}, {"eta", -1.0}}, threads);
     }
 }
 

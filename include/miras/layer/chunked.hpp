@@ -247,8 +247,9 @@ void decayed_products(const Mat<S>& X, ReadsAt at, const Mat<S>& Y, const Mat<S>
     }
 }
 
-/// The findings of forward_heads_chunked: whether the inputs it checked (all of them, or none
-/// unless requested) and the outputs it wrote are finite.
+/// The findings of forward_heads_chunked: whether every input it checked passed (q, k and v
+/// finite, the gates with a value per channel in range; none are checked unless requested, and the
+/// run stops at the first chunk that fails) and whether the outputs it wrote are finite.
 struct ChunkedChecks {
     bool inputs_finite = true;
     bool outputs_finite = true;

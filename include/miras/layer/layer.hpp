@@ -251,7 +251,15 @@ public:
         check_state(state, B);
         GateBinder<S> binder(inputs, dims_, B, T);
         const Bound<S> gates = bind(binder);
-        binder.check_values(/*channel_gates=*/!check_while_reading);
+        try {
+            binder.check_values(/*channel_gates=*/!check_while_reading);
+        } catch (const InputError&) {
+            // Name the value that the checks in their usual order find first: q, k and v, then
+            // every gate as it was bound.
+            check_values(inputs);
+            binder.check_values();
+            throw;
+        }
         Tensor<S> output({B, T, dims_.heads, dims_.value});
         const bool outputs_checked = run(inputs, gates, B, T, state, output.data(), static_cast<Workspace<S>*>(nullptr),
                                          check_while_reading ? &binder : static_cast<const GateBinder<S>*>(nullptr));

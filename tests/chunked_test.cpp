@@ -408,9 +408,9 @@ TEST(ChunkedForm, LateNonFiniteInputKeepsState) {
 
 // The chunked forms check the gates with a value per channel as they read them, in place of a pass
 // before the run. A value out of range in a late chunk gives the error of that pass, the one the
-// token loop raises, and leaves the state as it was. `gates` contains valid values; the test sets
-// each gate named in `faults` to its value at sequence 1, row rows - 3 (a token, or a pair for a
-// gate per pair), the last head and channel 1. With one fault the error names it.
+// token loop raises, and leaves the state as it was. `gates` contains valid values. The test sets
+// each gate named in `faults` to its value at sequence 1, the third row from the end (a token, or a
+// pair for a gate per pair), the last head and channel 1. With one fault the error names it.
 template <class L>
 void expect_late_gate_out_of_range_raises(const L& base, std::map<std::string, Tensor<double>> gates,
                                           const std::vector<std::pair<std::string, double>>& faults, int threads) {

@@ -21,10 +21,10 @@
 // Per-key-channel decay (GLA, HGRN2, KDA). G_r and E_r become rows of K cumulative log-decays, the
 // write is W_r = W_{r-1} diag(exp(g_r)) + u_r k_r^T, and every scalar exp(E_r - G_i) (x_r . y_i)
 // becomes the decayed product sum_c x_rc y_ic exp(E_rc - G_ic). decayed_products computes these in
-// sub-blocks of 16 tokens, as the secondary chunking of flash-linear-attention's GLA kernels does:
-// across sub-blocks through the last row G_e of the earlier block and the row G_f before the later
-// one, x_r exp(E_r - G_f) . (exp(G_f - G_e) y_i exp(G_e - G_i)), each exponent <= 0 because i <= e
-// <= f < r. Within a sub-block, E_r is G_r or G_{r-1}, so exp(E_r - G_{r-1}) is the step exp(G_r -
+// sub-blocks of 16 tokens, as the secondary chunking of flash-linear-attention's GLA kernels does.
+// Across sub-blocks it goes through the last row G_e of the earlier block and the row G_f before
+// the later one: x_r exp(E_r - G_f) . (exp(G_f - G_e) y_i exp(G_e - G_i)), each exponent <= 0
+// because i <= e <= f < r. Within a sub-block, E_r is G_r or G_{r-1}, so exp(E_r - G_{r-1}) is the step exp(G_r -
 // G_{r-1}) or one, and the chain exp(E_r - G_i) = exp(E_r - G_{i+1}) exp(G_{i+1} - G_i) gives the
 // others with no exponential of their own, every factor exp(<= 0). The per-channel decays of the
 // queries, the keys and the state, exp(G_r), exp(G_C - G_r) and exp(G_C), are products of the same
@@ -247,11 +247,11 @@ void decayed_products(const Mat<S>& X, ReadsAt at, const Mat<S>& Y, const Mat<S>
     }
 }
 
-/// The findings of forward_heads_chunked: whether every input it checked passed (q, k and v
-/// finite, the gates with a value per channel in range; none are checked unless requested, and the
-/// run stops at the first chunk that fails) and whether the outputs it wrote are finite.
+/// The findings of forward_heads_chunked: whether every input it checked is valid (q, k and v
+/// finite, the gates with a value per channel in range) and whether the outputs it wrote are
+/// finite. It checks inputs only when asked to, and it stops at the first chunk that fails.
 struct ChunkedChecks {
-    bool inputs_finite = true;
+    bool inputs_valid = true;
     bool outputs_finite = true;
 };
 
@@ -364,7 +364,7 @@ ChunkedChecks forward_heads_chunked(const L& layer, const Inputs<S>& inputs, con
                 finite &= detail::channel_gates_in_range(gate_rows, b, t, step, h);
             }
             if (check_inputs && !finite) {
-                checks.inputs_finite = false;
+                checks.inputs_valid = false;
                 return checks;
             }
             // The keys the predictions read: p for Comba, else k.

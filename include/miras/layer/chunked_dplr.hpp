@@ -92,7 +92,7 @@ ChunkedChecks forward_heads_chunked_dplr(const L& layer, const Inputs<S>& inputs
                 Vc.row(r) *= algorithm_gates.eta.at(b, t, h)[0];
             }
             if (check_inputs && !finite) {
-                checks.inputs_finite = false;
+                checks.inputs_valid = false;
                 return checks;
             }
             auto Vn = Vc.topRows(n);

@@ -254,10 +254,8 @@ public:
         try {
             binder.check_values(/*channel_gates=*/!check_while_reading);
         } catch (const InputError&) {
-            // Name the value that the checks in their usual order find first: q, k and v, then
-            // every gate as it was bound.
-            check_values(inputs);
-            binder.check_values();
+            // Name the value that the checks in their usual order find first.
+            check_all_values(inputs, binder);
             throw;
         }
         Tensor<S> output({B, T, dims_.heads, dims_.value});
@@ -367,6 +365,14 @@ private:
         return grouped && T * (K + n * (K + V)) > K * V;
     }
 
+    /// Checks q, k and v, then every gate in the order it was bound: the checks before a run in
+    /// their usual order, so that the error names the value they find first.
+    template <class S>
+    void check_all_values(const Inputs<S>& inputs, const GateBinder<S>& binder) const {
+        check_values(inputs);
+        binder.check_values();
+    }
+
     /// Runs forward_heads(b, first_head, last_head) over the groups of heads of every sequence, one
     /// group per thread, and returns whether every output it wrote is finite. With `unchecked`
     /// (the binder whose channel gates are left to the run) each call checks its inputs and those
@@ -393,10 +399,9 @@ private:
         const auto all = [&](bool detail::ChunkedChecks::*found) {
             return std::all_of(checks.begin(), checks.end(), [&](const auto& c) { return c.*found; });
         };
-        if (!all(&detail::ChunkedChecks::inputs_finite)) {
+        if (!all(&detail::ChunkedChecks::inputs_valid)) {
             state = *saved;
-            check_values(inputs);
-            unchecked->check_values();
+            check_all_values(inputs, *unchecked);
             throw std::logic_error("the chunked form found an input value that check_values accepts");
         }
         return all(&detail::ChunkedChecks::outputs_finite);
@@ -417,9 +422,7 @@ private:
         const std::vector<ChannelGateRows<S>> gate_rows =
             check_inputs ? unchecked->channel_gates() : std::vector<ChannelGateRows<S>>();
         const auto check_before = [&] {
-            if (!check_inputs) return;
-            check_values(inputs);
-            unchecked->check_values();
+            if (check_inputs) check_all_values(inputs, *unchecked);
         };
 
         if constexpr (detail::chunkable_types_v<Memory, Bias, Retention, Algorithm>) {
